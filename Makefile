@@ -1,0 +1,34 @@
+# The two commands of the README:
+#   make run   - set up .venv, then execute every chapter on the built-in data (outputs + figures/)
+#   make test  - set up .venv, then run the unit tests and execute every chapter with nbval (fast preset)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CHAPTERS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
+
+.PHONY: run test venv clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+run: $(STAMP)
+	@for chapter in $(CHAPTERS); do \
+	  echo "== executing $$chapter"; \
+	  $(BIN)/jupytext --quiet --to ipynb --update --execute $$chapter || exit 1; \
+	done
+	@echo
+	@echo "Executed notebooks (with outputs): notebooks/*.ipynb"
+	@echo "Figures:                           figures/*.png"
+	@echo "Open them with: $(BIN)/jupyter lab notebooks/"
+
+test: $(STAMP)
+	NUCLEILIB_FAST=1 MPLBACKEND=Agg $(BIN)/python -m pytest --nbval-lax tests nucleilib notebooks
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,250 @@
+"""The command line: ``python -m nucleilib COMMAND ...`` (also installed as ``nucleilib``).
+
+Each command is a thin wrapper around library functions; ``--help`` on every command.
+Errors a user can fix (a bad file, a missing model) are printed as one line, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Sequence
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+def _command_line(argv: Sequence[str] | None) -> str:
+    words = list(sys.argv[1:] if argv is None else argv)
+    return shlex.join(["python", "-m", "nucleilib", *words])
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def _make_data(args: argparse.Namespace) -> int:
+    from nucleilib import data, synth
+
+    dataset = synth.make_dataset(n=args.n, size=args.size, seed=args.seed)
+    data.save_npz(args.out, dataset["images"], dataset["masks"], dataset["labels"])
+    n_nuclei = sum(int(labels.max()) for labels in dataset["labels"])
+    print(f"wrote {args.out}: {args.n} images of {args.size}x{args.size}, {n_nuclei} nuclei (seed {args.seed})")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from nucleilib import data
+
+    if args.command == "import-dsb2018":
+        names = _split_names(data.dsb2018_names(args.root), args)
+        summary = data.import_dsb2018(args.root, args.out, size=args.size, names=names)
+    elif args.command == "import-bbbc039":
+        names = _split_names(data.bbbc039_names(args.root), args)
+        summary = data.import_bbbc039(args.root, args.out, size=args.size, names=names)
+    else:
+        names = _split_names(data.pair_names(args.images_dir, args.labels_dir), args)
+        summary = data.import_pairs(args.images_dir, args.labels_dir, args.out, size=args.size, names=names)
+    print(f"wrote {args.out}: {json.dumps(summary)}")
+    return 0
+
+
+def _split_names(names: list[str], args: argparse.Namespace) -> list[str]:
+    """The image ids of the chosen part of the fixed, seeded train/test split (see ``data.real_split``)."""
+    from nucleilib import data
+
+    if args.split == "all":
+        return names
+    train_names, test_names = data.real_split(names, test_fraction=args.test_fraction, seed=args.split_seed)
+    return train_names if args.split == "train" else test_names
+
+
+def _download(args: argparse.Namespace) -> int:
+    from nucleilib import data
+
+    out = data.download(args.name, cache_dir=args.dir, out=args.out, size=args.size)
+    print(f"wrote {out}")
+    return 0
+
+
+# --- model ------------------------------------------------------------------------------------
+
+
+def _train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    from nucleilib import train
+
+    result = train.train_from_npz(
+        args.data,
+        args.out,
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=args.seed,
+        preset=args.preset,
+        max_minutes=args.max_minutes,
+        command=_command_line(argv),
+    )
+    print(json.dumps(result.get("metrics", {}), indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from nucleilib import evaluation
+
+    metrics = evaluation.evaluate_path(
+        args.data, model_path=args.model, threshold=args.threshold, min_area=args.min_area, split=not args.no_split
+    )
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _expand_inputs(patterns: Sequence[str]) -> list[Path]:
+    """Files named, files in named folders, and glob matches, in a stable order."""
+    paths: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            paths += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif any(ch in pattern for ch in "*?["):
+            paths += [Path(p) for p in sorted(glob.glob(pattern))]
+        else:
+            paths.append(path)  # a missing file is reported when it is read
+    return paths
+
+
+def _count(args: argparse.Namespace) -> int:
+    from nucleilib import evaluation
+
+    inputs = _expand_inputs(args.images)
+    if not inputs:
+        print("error: no images given (no file matched)", file=sys.stderr)
+        return 2
+    failures = evaluation.count_files(
+        inputs,
+        Path(args.out),
+        model_path=args.model,
+        threshold=args.threshold,
+        min_area=args.min_area,
+        split=not args.no_split,
+        channel=args.channel,
+    )
+    for message in failures:
+        print(f"error: {message}", file=sys.stderr)
+    print(f"wrote {Path(args.out) / 'counts.csv'}")
+    return 1 if failures else 0
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m nucleilib``.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        With one sub-command per task.
+
+    Examples
+    --------
+    >>> build_parser().parse_args(["make-data", "--n", "4"]).n
+    4
+    """
+    parser = argparse.ArgumentParser(
+        prog="nucleilib", description="Segment and count cell nuclei in fluorescence images with a U-Net."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    make = commands.add_parser("make-data", help="write the built-in synthetic data set (.npz with labels)")
+    make.add_argument("--n", type=int, default=2000, help="number of images (default 2000)")
+    make.add_argument("--size", type=int, default=128, help="image height and width (default 128)")
+    make.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    make.add_argument("--out", default="data/nuclei.npz", help="output .npz (default data/nuclei.npz)")
+
+    for name, source in (("import-dsb2018", "a 2018 Data Science Bowl stage1_train folder"),
+                         ("import-bbbc039", "a BBBC039 folder (images/ and masks/)")):
+        importer = commands.add_parser(name, help=f"import {source} into the .npz contract")
+        importer.add_argument("root", help=source)
+        importer.add_argument("--out", required=True, help="output .npz")
+        importer.add_argument("--size", type=int, default=128, help="tile size (default 128)")
+    pairs = commands.add_parser("import-pairs", help="import folders of image and label files matched by stem")
+    pairs.add_argument("images_dir", help="folder of TIFF/PNG images")
+    pairs.add_argument("labels_dir", help="folder of label images (or binary masks) with the same stems")
+    pairs.add_argument("--out", required=True, help="output .npz")
+    pairs.add_argument("--size", type=int, default=128, help="tile size (default 128)")
+    for importer in (commands.choices["import-dsb2018"], commands.choices["import-bbbc039"], pairs):
+        importer.add_argument("--split", choices=["all", "train", "test"], default="all",
+                              help="import every image, or only the training or held-out part of a seeded split")
+        importer.add_argument("--test-fraction", type=float, default=0.3, help="held-out share (default 0.3)")
+        importer.add_argument("--split-seed", type=int, default=0, help="seed of the split (default 0)")
+
+    download = commands.add_parser("download", help="download a public data set (hash-checked, cached) and import it")
+    download.add_argument("name", choices=["dsb2018", "bbbc039"])
+    download.add_argument("--dir", default=None, help="cache folder (default ~/.cache/nucleilib)")
+    download.add_argument("--out", default=None, help="output .npz (default CACHE/NAME.npz)")
+    download.add_argument("--size", type=int, default=128, help="tile size (default 128)")
+
+    train = commands.add_parser("train", help="train a U-Net on an .npz data set")
+    train.add_argument("--data", required=True, nargs="+", help="training .npz file(s)")
+    train.add_argument("--out", required=True, help="checkpoint to write (.pt)")
+    train.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: from the preset)")
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.add_argument("--preset", choices=["fast", "default", "full"], default="default",
+                       help="fast: minutes on a laptop CPU; full: the source project's 300-epoch run")
+    train.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes")
+
+    evaluate = commands.add_parser("evaluate", help="print JSON metrics of a model on annotated data")
+    evaluate.add_argument("--data", required=True, help=".npz file, or a folder with images/ and labels/")
+    evaluate.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
+    evaluate.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
+    evaluate.add_argument("--min-area", type=int, default=None, help="smallest nucleus in pixels")
+    evaluate.add_argument("--no-split", action="store_true", help="do not split touching nuclei")
+
+    count = commands.add_parser("count", help="count nuclei in images; writes counts.csv, labels and overlays")
+    count.add_argument("images", nargs="+", help="image files, folders or globs (TIFF/PNG/JPEG)")
+    count.add_argument("--out", required=True, help="output folder")
+    count.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
+    count.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
+    count.add_argument("--min-area", type=int, default=None, help="smallest nucleus in pixels")
+    count.add_argument("--no-split", action="store_true", help="do not split touching nuclei")
+    count.add_argument("--channel", type=int, default=None, help="channel holding the nuclei in colour images")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 on success, 1 when some inputs failed, 2 on a usage or input error.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "make-data":
+            return _make_data(args)
+        if args.command.startswith("import-"):
+            return _import(args)
+        if args.command == "download":
+            return _download(args)
+        if args.command == "train":
+            return _train(args, argv)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        if args.command == "count":
+            return _count(args)
+    except (ValueError, OSError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    raise AssertionError(f"unhandled command {args.command}")

@@ -1,0 +1,420 @@
+"""Evaluation: pixel overlap, instance matching and count error.
+
+Vocabulary (see the project's DESIGN.md):
+
+- Pixel: :func:`dice` and :func:`iou` of two binary masks.
+- Instance: true and predicted nuclei are matched one-to-one by IoU with an optimal assignment
+  (:func:`scipy.optimize.linear_sum_assignment`); at threshold ``t`` a match is a true positive when
+  its IoU >= ``t`` (inclusive). Precision TP/(TP+FP), recall TP/(TP+FN), F1, and the 2018 Data
+  Science Bowl score AP(t) = TP/(TP+FP+FN), averaged over t = 0.50, 0.55, ..., 0.95 (:func:`mean_ap`).
+- Count: absolute and relative error of the nucleus count (:func:`count_error`).
+
+Conventions for empty images: when there are neither true nor predicted nuclei every ratio is 1.0
+(nothing to find, nothing wrongly found); otherwise a ratio whose denominator is zero is 0.0.
+Label ids need not be sequential: ``{0, 7, 42}`` is a valid label image with two nuclei.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+DSB_THRESHOLDS: np.ndarray = np.round(np.arange(0.5, 1.0, 0.05), 2)
+"""IoU thresholds of the 2018 Data Science Bowl score: 0.50, 0.55, ..., 0.95."""
+
+
+def _check_same_shape(a: np.ndarray, b: np.ndarray, what: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{what}: shapes differ, {a.shape} vs {b.shape}")
+
+
+def dice(pred_mask: np.ndarray, true_mask: np.ndarray) -> float:
+    """Dice coefficient 2|A∩B| / (|A|+|B|) of two binary masks (nonzero = foreground).
+
+    Parameters
+    ----------
+    pred_mask, true_mask : np.ndarray
+        Arrays of the same shape; any nonzero value counts as foreground (so label images work too).
+
+    Returns
+    -------
+    float
+        Dice in [0, 1]; 1.0 when both masks are empty.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ.
+
+    Examples
+    --------
+    >>> a = np.zeros((4, 4)); a[:2, :2] = 1          # 4 pixels
+    >>> b = np.zeros((4, 4)); b[:2, :1] = 1          # 2 of them
+    >>> dice(a, b)                                    # 2*2 / (4+2)
+    0.6666666666666666
+    >>> dice(np.zeros((2, 2)), np.zeros((2, 2)))
+    1.0
+    """
+    pred, true = np.asarray(pred_mask) != 0, np.asarray(true_mask) != 0
+    _check_same_shape(pred, true, "dice")
+    total = int(pred.sum()) + int(true.sum())
+    return 1.0 if total == 0 else 2.0 * int((pred & true).sum()) / total
+
+
+def iou(pred_mask: np.ndarray, true_mask: np.ndarray) -> float:
+    """Intersection over union |A∩B| / |A∪B| of two binary masks (nonzero = foreground).
+
+    Parameters
+    ----------
+    pred_mask, true_mask : np.ndarray
+        Arrays of the same shape; any nonzero value counts as foreground.
+
+    Returns
+    -------
+    float
+        IoU in [0, 1]; 1.0 when both masks are empty.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ.
+
+    Examples
+    --------
+    >>> a = np.zeros((4, 4)); a[:2, :2] = 1
+    >>> b = np.zeros((4, 4)); b[:2, 1:3] = 1         # shifted by one column
+    >>> iou(a, b)                                     # 2 / 6
+    0.3333333333333333
+    """
+    pred, true = np.asarray(pred_mask) != 0, np.asarray(true_mask) != 0
+    _check_same_shape(pred, true, "iou")
+    union = int((pred | true).sum())
+    return 1.0 if union == 0 else int((pred & true).sum()) / union
+
+
+def iou_matrix(true_labels: np.ndarray, pred_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IoU of every true nucleus with every predicted nucleus.
+
+    Computed in one pass from the joint histogram (sparse contingency table) of the two label
+    images, not with a loop over pairs: intersections are the counts of each (true id, pred id)
+    pixel pair, and union = area_true + area_pred - intersection.
+
+    Parameters
+    ----------
+    true_labels, pred_labels : np.ndarray
+        Integer instance label images of the same shape; 0 is background, ids need not be sequential.
+
+    Returns
+    -------
+    ious : np.ndarray
+        float64 array (n_true, n_pred).
+    true_ids, pred_ids : np.ndarray
+        The label id of each row and column (sorted).
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ or the labels are not integers.
+
+    Examples
+    --------
+    >>> t = np.array([[5, 5, 0, 9]])
+    >>> p = np.array([[1, 0, 0, 2]])
+    >>> ious, tid, pid = iou_matrix(t, p)
+    >>> ious
+    array([[0.5, 0. ],
+           [0. , 1. ]])
+    >>> tid.tolist(), pid.tolist()
+    ([5, 9], [1, 2])
+    """
+    true_labels, pred_labels = np.asarray(true_labels), np.asarray(pred_labels)
+    _check_same_shape(true_labels, pred_labels, "iou_matrix")
+    for name, arr in (("true_labels", true_labels), ("pred_labels", pred_labels)):
+        if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+            raise ValueError(f"iou_matrix: {name} must be an integer label image, got dtype {arr.dtype}")
+        if arr.size and arr.min() < 0:
+            raise ValueError(f"iou_matrix: {name} has negative ids; 0 is background, nuclei are > 0")
+    # Map ids to 0..n (0 = background) so that any id values work.
+    true_ids, true_idx = np.unique(true_labels.ravel(), return_inverse=True)
+    pred_ids, pred_idx = np.unique(pred_labels.ravel(), return_inverse=True)
+    if true_ids[0] != 0:  # no background pixels: prepend a virtual background id
+        true_ids, true_idx = np.concatenate([[0], true_ids]), true_idx + 1
+    if pred_ids[0] != 0:
+        pred_ids, pred_idx = np.concatenate([[0], pred_ids]), pred_idx + 1
+    n_true, n_pred = len(true_ids) - 1, len(pred_ids) - 1
+    area_true = np.bincount(true_idx, minlength=n_true + 1)[1:]
+    area_pred = np.bincount(pred_idx, minlength=n_pred + 1)[1:]
+    both = (true_idx > 0) & (pred_idx > 0)
+    pair_codes, intersections = np.unique(
+        (true_idx[both] - 1).astype(np.int64) * max(n_pred, 1) + (pred_idx[both] - 1), return_counts=True
+    )
+    rows, cols = np.divmod(pair_codes, max(n_pred, 1))
+    ious = np.zeros((n_true, n_pred), dtype=np.float64)
+    ious[rows, cols] = intersections / (area_true[rows] + area_pred[cols] - intersections)
+    return ious, true_ids[1:], pred_ids[1:]
+
+
+def _ratio(numerator: float, denominator: float, both_empty: bool) -> float:
+    if both_empty:
+        return 1.0
+    return float(numerator) / denominator if denominator > 0 else 0.0
+
+
+def _match_counts(ious: np.ndarray, iou_threshold: float) -> tuple[int, float]:
+    """Number of one-to-one matches with IoU >= threshold (optimal assignment) and their IoU sum."""
+    candidate = ious >= iou_threshold
+    rows = np.flatnonzero(candidate.any(axis=1))
+    cols = np.flatnonzero(candidate.any(axis=0))
+    if len(rows) == 0:
+        return 0, 0.0
+    sub_ious, sub_ok = ious[np.ix_(rows, cols)], candidate[np.ix_(rows, cols)]
+    # Maximize the number of matches first; among those, prefer higher IoU (the IoU term
+    # is < 1 in total, so it only breaks ties between equally many matches).
+    score = sub_ok + sub_ok * sub_ious / (2 * min(sub_ok.shape))
+    r, c = linear_sum_assignment(score, maximize=True)
+    matched = sub_ok[r, c]
+    return int(matched.sum()), float(sub_ious[r, c][matched].sum())
+
+
+def _scores(tp: int, n_true: int, n_pred: int, iou_sum: float) -> dict[str, float]:
+    fp, fn = n_pred - tp, n_true - tp
+    both_empty = n_true == 0 and n_pred == 0
+    return {
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "precision": _ratio(tp, tp + fp, both_empty),
+        "recall": _ratio(tp, tp + fn, both_empty),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn, both_empty),
+        "ap": _ratio(tp, tp + fp + fn, both_empty),
+        "n_true": n_true,
+        "n_pred": n_pred,
+        "mean_matched_iou": _ratio(iou_sum, tp, both_empty),
+    }
+
+
+def matching(true_labels: np.ndarray, pred_labels: np.ndarray, iou_threshold: float = 0.5) -> dict[str, float]:
+    """Match true and predicted nuclei one-to-one and score the result at one IoU threshold.
+
+    The assignment is optimal (:func:`scipy.optimize.linear_sum_assignment` on the IoU matrix):
+    it maximizes the number of pairs with IoU >= ``iou_threshold`` (inclusive). For thresholds
+    >= 0.5 each nucleus can overlap at most one partner that much, so the matching is unique anyway.
+
+    Parameters
+    ----------
+    true_labels, pred_labels : np.ndarray
+        Integer instance label images of the same shape, 0 = background, ids need not be sequential.
+    iou_threshold : float, optional
+        Minimum IoU of a true positive, in [0, 1]. Default 0.5.
+
+    Returns
+    -------
+    dict
+        ``tp``, ``fp``, ``fn``, ``n_true``, ``n_pred`` (ints) and ``precision``, ``recall``, ``f1``,
+        ``ap`` = TP/(TP+FP+FN), ``mean_matched_iou`` (mean IoU of the true positives). With neither
+        true nor predicted nuclei every ratio is 1.0; otherwise a ratio with a zero denominator is 0.0.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ, the labels are not integers, or the threshold is outside [0, 1].
+
+    Examples
+    --------
+    Two true squares; one is found exactly, the other only as a copy shifted by one column
+    (IoU 2/6 = 0.33), and one prediction is a false detection:
+
+    >>> t = np.zeros((6, 9), int); t[0:2, 0:2] = 1; t[0:2, 4:6] = 2
+    >>> p = np.zeros((6, 9), int); p[0:2, 0:2] = 3; p[0:2, 5:7] = 8; p[4:6, 7:9] = 9
+    >>> m = matching(t, p, 0.5)
+    >>> m["tp"], m["fp"], m["fn"], m["ap"]
+    (1, 2, 1, 0.25)
+    >>> matching(t, p, 0.3)["tp"]                     # the shifted square counts at IoU >= 0.3
+    2
+    >>> matching(np.zeros((3, 3), int), np.zeros((3, 3), int))["f1"]
+    1.0
+    """
+    if not 0.0 <= float(iou_threshold) <= 1.0:
+        raise ValueError(f"matching: iou_threshold must be in [0, 1], got {iou_threshold}")
+    ious, true_ids, pred_ids = iou_matrix(true_labels, pred_labels)
+    tp, iou_sum = _match_counts(ious, float(iou_threshold))
+    return _scores(tp, len(true_ids), len(pred_ids), iou_sum)
+
+
+def matching_curve(
+    true_labels: np.ndarray, pred_labels: np.ndarray, thresholds: Sequence[float] = DSB_THRESHOLDS
+) -> dict[str, np.ndarray]:
+    """:func:`matching` at several IoU thresholds (the IoU matrix is computed once), for plotting.
+
+    Parameters
+    ----------
+    true_labels, pred_labels : np.ndarray
+        Integer instance label images of the same shape.
+    thresholds : sequence of float, optional
+        IoU thresholds; default 0.50, 0.55, ..., 0.95.
+
+    Returns
+    -------
+    dict
+        ``threshold`` and each key of :func:`matching` as a 1-D array, one value per threshold.
+
+    Examples
+    --------
+    >>> t = np.zeros((4, 4), int); t[:2, :2] = 1
+    >>> p = np.zeros((4, 4), int); p[:2, :1] = 1     # IoU 0.5
+    >>> matching_curve(t, p, [0.4, 0.5, 0.6])["tp"].tolist()
+    [1, 1, 0]
+    """
+    ious, true_ids, pred_ids = iou_matrix(true_labels, pred_labels)
+    rows = [
+        _scores(tp, len(true_ids), len(pred_ids), s) for tp, s in (_match_counts(ious, float(t)) for t in thresholds)
+    ]
+    curve = {"threshold": np.asarray(thresholds, dtype=float)}
+    for key in rows[0] if rows else []:
+        curve[key] = np.asarray([r[key] for r in rows])
+    return curve
+
+
+def mean_ap(true_labels: np.ndarray, pred_labels: np.ndarray, thresholds: Sequence[float] = DSB_THRESHOLDS) -> float:
+    """The 2018 Data Science Bowl score of one image: AP(t) = TP/(TP+FP+FN) averaged over thresholds.
+
+    Parameters
+    ----------
+    true_labels, pred_labels : np.ndarray
+        Integer instance label images of the same shape.
+    thresholds : sequence of float, optional
+        IoU thresholds; default 0.50, 0.55, ..., 0.95.
+
+    Returns
+    -------
+    float
+        Mean AP in [0, 1].
+
+    Examples
+    --------
+    >>> t = np.zeros((4, 4), int); t[:2, :2] = 1
+    >>> p = np.zeros((4, 4), int); p[:2, :2] = 1; p[1, 1] = 0    # IoU 0.75
+    >>> mean_ap(t, p)            # AP = 1 at 0.50, 0.55, ..., 0.75 (6 of 10 thresholds)
+    0.6
+    """
+    return float(np.mean(matching_curve(true_labels, pred_labels, thresholds)["ap"]))
+
+
+def count_error(true_count: int, pred_count: int) -> dict[str, float]:
+    """Absolute and relative error of a nucleus count.
+
+    Parameters
+    ----------
+    true_count, pred_count : int
+        Number of true and of predicted nuclei (>= 0).
+
+    Returns
+    -------
+    dict
+        ``abs_error`` = |pred - true|, ``signed_error`` = pred - true, and ``rel_error`` =
+        |pred - true| / max(true, 1) (the max keeps images without nuclei finite).
+
+    Raises
+    ------
+    ValueError
+        If a count is negative.
+
+    Examples
+    --------
+    >>> count_error(20, 18)
+    {'abs_error': 2, 'signed_error': -2, 'rel_error': 0.1}
+    """
+    true_count, pred_count = int(true_count), int(pred_count)
+    if true_count < 0 or pred_count < 0:
+        raise ValueError(f"count_error: counts must be >= 0, got true={true_count}, pred={pred_count}")
+    diff = pred_count - true_count
+    return {"abs_error": abs(diff), "signed_error": diff, "rel_error": abs(diff) / max(true_count, 1)}
+
+
+def evaluate_instances(
+    true_list: Sequence[np.ndarray],
+    pred_list: Sequence[np.ndarray],
+    thresholds: Sequence[float] = DSB_THRESHOLDS,
+) -> dict[str, float]:
+    """Instance, pixel and count metrics over many images.
+
+    Aggregation: TP, FP and FN are **summed over all images** before the ratios are taken
+    (so crowded images weigh more, and an image without nuclei cannot dominate). The mean of the
+    per-image scores, as in the 2018 Data Science Bowl leaderboard, is given too (``*_per_image``).
+
+    Parameters
+    ----------
+    true_list, pred_list : sequence of np.ndarray
+        Integer instance label images, paired by position (shapes may differ between pairs).
+    thresholds : sequence of float, optional
+        IoU thresholds of the mean AP; must contain 0.5. Default 0.50, ..., 0.95.
+
+    Returns
+    -------
+    dict
+        ``ap50``, ``f1_50``, ``precision_50``, ``recall_50``, ``mean_ap`` (pooled counts),
+        ``ap50_per_image``, ``mean_ap_per_image`` (mean over images), ``count_mae``, ``count_mre``
+        (mean absolute and relative count error per image), ``pixel_dice``, ``pixel_iou``
+        (foreground pooled over images), ``n_true``, ``n_pred``, ``n_images``.
+
+    Raises
+    ------
+    ValueError
+        If the lists are empty or differ in length, or 0.5 is not among the thresholds.
+
+    Examples
+    --------
+    >>> t = np.zeros((4, 4), int); t[:2, :2] = 1; t[3, 3] = 2
+    >>> p = t.copy(); p[3, 3] = 0                    # the second nucleus is missed
+    >>> r = evaluate_instances([t, t], [t, p])
+    >>> r["ap50"], r["count_mae"], r["n_images"]     # 3 TP, 1 FN over the two images
+    (0.75, 0.5, 2)
+    """
+    if len(true_list) != len(pred_list) or len(true_list) == 0:
+        raise ValueError(
+            f"evaluate_instances: need equally many true and predicted label images, "
+            f"got {len(true_list)} and {len(pred_list)}"
+        )
+    thresholds = np.asarray(thresholds, dtype=float)
+    at_half = np.flatnonzero(np.isclose(thresholds, 0.5))
+    if len(at_half) == 0:
+        raise ValueError("evaluate_instances: thresholds must contain 0.5")
+    sums = {key: np.zeros(len(thresholds)) for key in ("tp", "fp", "fn")}
+    per_image_ap, abs_errors, rel_errors = [], [], []
+    n_true = n_pred = inter = fg_true = fg_pred = 0
+    for true_labels, pred_labels in zip(true_list, pred_list):
+        curve = matching_curve(true_labels, pred_labels, thresholds)
+        for key in sums:
+            sums[key] += curve[key]
+        per_image_ap.append(curve["ap"])
+        nt, np_ = int(curve["n_true"][0]), int(curve["n_pred"][0])
+        n_true, n_pred = n_true + nt, n_pred + np_
+        err = count_error(nt, np_)
+        abs_errors.append(err["abs_error"])
+        rel_errors.append(err["rel_error"])
+        t_fg, p_fg = np.asarray(true_labels) != 0, np.asarray(pred_labels) != 0
+        inter += int((t_fg & p_fg).sum())
+        fg_true, fg_pred = fg_true + int(t_fg.sum()), fg_pred + int(p_fg.sum())
+    both_empty = n_true == 0 and n_pred == 0
+    tp, fp, fn = sums["tp"], sums["fp"], sums["fn"]
+    ap = np.array([_ratio(tp[i], tp[i] + fp[i] + fn[i], both_empty) for i in range(len(thresholds))])
+    i50 = int(at_half[0])
+    per_image_ap = np.asarray(per_image_ap)
+    return {
+        "ap50": float(ap[i50]),
+        "f1_50": _ratio(2 * tp[i50], 2 * tp[i50] + fp[i50] + fn[i50], both_empty),
+        "precision_50": _ratio(tp[i50], tp[i50] + fp[i50], both_empty),
+        "recall_50": _ratio(tp[i50], tp[i50] + fn[i50], both_empty),
+        "mean_ap": float(ap.mean()),
+        "ap50_per_image": float(per_image_ap[:, i50].mean()),
+        "mean_ap_per_image": float(per_image_ap.mean()),
+        "count_mae": float(np.mean(abs_errors)),
+        "count_mre": float(np.mean(rel_errors)),
+        "pixel_dice": _ratio(2 * inter, fg_true + fg_pred, fg_true + fg_pred == 0),
+        "pixel_iou": _ratio(inter, fg_true + fg_pred - inter, fg_true + fg_pred == 0),
+        "n_true": n_true,
+        "n_pred": n_pred,
+        "n_images": len(true_list),
+    }

@@ -1,0 +1,388 @@
+"""The U-Net: a small encoder-decoder with skip connections, and helpers to inspect it.
+
+The network follows Ronneberger et al. (2015) at a teaching size. Each level applies two
+3x3 convolutions (each followed by BatchNorm and ReLU); the encoder halves the image with 2x2
+max pooling and doubles the channels, the decoder doubles the image with a 2x2 transposed
+convolution, concatenates the encoder features of the same size (the skip connection) and
+applies two more 3x3 convolutions. A 1x1 convolution turns the last features into one logit
+per output channel and pixel.
+
+:func:`probabilities_from_logits` is the one place where logits become probabilities: the
+losses, the evaluation and the prediction code all call it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def probabilities_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Turn logits into probabilities with the sigmoid (the single sigmoid of the library).
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        Raw network outputs of any shape.
+
+    Returns
+    -------
+    torch.Tensor
+        ``sigmoid(logits)``, same shape, values in [0, 1].
+
+    Examples
+    --------
+    >>> probabilities_from_logits(torch.tensor([0.0, 100.0, -100.0])).tolist()
+    [0.5, 1.0, 0.0]
+    """
+    return torch.sigmoid(logits)
+
+
+def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Two 3x3 convolutions, each followed by BatchNorm and ReLU (size-preserving).
+
+    The convolutions carry no bias: the BatchNorm that follows has its own shift.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Channels in and out.
+
+    Returns
+    -------
+    torch.nn.Sequential
+        ``conv, bn, relu, conv, bn, relu``.
+
+    Examples
+    --------
+    >>> conv_block(1, 4)(torch.zeros(2, 1, 9, 7)).shape
+    torch.Size([2, 4, 9, 7])
+    """
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class UNet(nn.Module):
+    """U-Net for binary segmentation (one logit per output channel and pixel).
+
+    Parameters
+    ----------
+    in_channels : int
+        Image channels (1 for a fluorescence nucleus channel).
+    out_channels : int
+        Output channels: 1 for the nucleus mask, 2 with the "interior" channel.
+    base : int
+        Channels of the first level; level ``i`` has ``base * 2**i`` channels.
+    depth : int
+        Number of 2x2 poolings; the bottleneck sees the image at ``1 / 2**depth`` size.
+
+    Raises
+    ------
+    ValueError
+        For non-positive sizes.
+
+    Examples
+    --------
+    >>> net = UNet(base=4, depth=2)
+    >>> net(torch.zeros(1, 1, 10, 13)).shape
+    torch.Size([1, 1, 10, 13])
+    >>> net.config
+    {'in_channels': 1, 'out_channels': 1, 'base': 4, 'depth': 2}
+    """
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, base: int = 16, depth: int = 4):
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("base", base)):
+            if int(value) < 1:
+                raise ValueError(f"UNet: {name} must be >= 1, got {value}")
+        if int(depth) < 0:
+            raise ValueError(f"UNet: depth must be >= 0, got {depth}")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.base, self.depth = int(base), int(depth)
+        widths = [self.base * 2**level for level in range(self.depth + 1)]
+        self.encoder = nn.ModuleList([conv_block(self.in_channels, widths[0])])
+        self.encoder.extend(conv_block(widths[i - 1], widths[i]) for i in range(1, self.depth + 1))
+        self.pool = nn.MaxPool2d(2)
+        # Decoder level i goes from widths[i + 1] back to widths[i], deepest first.
+        self.upsample = nn.ModuleList(
+            nn.ConvTranspose2d(widths[i + 1], widths[i], kernel_size=2, stride=2) for i in reversed(range(self.depth))
+        )
+        self.decoder = nn.ModuleList(conv_block(2 * widths[i], widths[i]) for i in reversed(range(self.depth)))
+        self.head = nn.Conv2d(widths[0], self.out_channels, kernel_size=1)
+
+    @property
+    def config(self) -> dict[str, int]:
+        """Constructor arguments, enough to rebuild the network: ``UNet(**net.config)``."""
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels, "base": self.base, "depth": self.depth}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, out_channels, H, W)`` for images ``(N, in_channels, H, W)`` of any H, W."""
+        return self._forward(images, record=None)
+
+    def _forward(self, images: torch.Tensor, record: list | None) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        x = pad_to_multiple(images, 2**self.depth)
+        if record is not None:
+            record.append(("input", tuple(images.shape)))
+            record.append(("padded input", tuple(x.shape)))
+        skips = []
+        for level, block in enumerate(self.encoder):
+            if level > 0:
+                x = self.pool(x)
+            x = block(x)
+            if record is not None:
+                record.append((f"encoder {level}" if level < self.depth else "bottleneck", tuple(x.shape)))
+            skips.append(x)
+        skips.pop()  # the bottleneck output is not a skip connection
+        for step, (up, block) in enumerate(zip(self.upsample, self.decoder)):
+            x = block(torch.cat([skips.pop(), up(x)], dim=1))
+            if record is not None:
+                record.append((f"decoder {self.depth - 1 - step}", tuple(x.shape)))
+        logits = self.head(x)
+        top, left = (logits.shape[-2] - height) // 2, (logits.shape[-1] - width) // 2
+        logits = logits[..., top : top + height, left : left + width]
+        if record is not None:
+            record.append(("logits", tuple(logits.shape)))
+        return logits
+
+
+def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad the last two axes symmetrically up to a multiple of ``multiple``.
+
+    Reflection padding keeps the image statistics at the border; an image too small to reflect
+    (padding as large as the image) is padded by repeating its edge pixels instead.
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        ``(N, C, H, W)``.
+    multiple : int
+        Target multiple for H and W.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, C, H', W')`` with ``H' >= H``, ``W' >= W`` multiples of ``multiple``; the original sits at
+        offset ``((H' - H) // 2, (W' - W) // 2)``.
+
+    Examples
+    --------
+    >>> pad_to_multiple(torch.arange(6.0).reshape(1, 1, 2, 3), 4)  # reflected
+    tensor([[[[3., 4., 5., 4.],
+              [0., 1., 2., 1.],
+              [3., 4., 5., 4.],
+              [0., 1., 2., 1.]]]])
+    >>> pad_to_multiple(torch.ones(1, 1, 1, 1), 4).shape  # too small to reflect: edge repeated
+    torch.Size([1, 1, 4, 4])
+    """
+    height, width = images.shape[-2:]
+    extra_h, extra_w = (-height) % multiple, (-width) % multiple
+    if extra_h == 0 and extra_w == 0:
+        return images
+    pads = (extra_w // 2, extra_w - extra_w // 2, extra_h // 2, extra_h - extra_h // 2)
+    fits = max(pads[:2]) < width and max(pads[2:]) < height
+    return F.pad(images, pads, mode="reflect" if fits else "replicate")
+
+
+def describe_shapes(model: UNet, size: int = 128) -> list[tuple[str, tuple[int, ...]]]:
+    """Tensor shape after each level for one ``size x size`` image (for printing the architecture).
+
+    Parameters
+    ----------
+    model : UNet
+        The network (left in its current train/eval mode).
+    size : int
+        Height and width of the dummy input image.
+
+    Returns
+    -------
+    list of (str, tuple)
+        ``(name, shape)`` from the input through encoder levels, bottleneck, decoder levels, to the logits.
+
+    Examples
+    --------
+    >>> for name, shape in describe_shapes(UNet(base=4, depth=2), size=8):
+    ...     print(name, shape)
+    input (1, 1, 8, 8)
+    padded input (1, 1, 8, 8)
+    encoder 0 (1, 4, 8, 8)
+    encoder 1 (1, 8, 4, 4)
+    bottleneck (1, 16, 2, 2)
+    decoder 1 (1, 8, 4, 4)
+    decoder 0 (1, 4, 8, 8)
+    logits (1, 1, 8, 8)
+    """
+    record: list = []
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad():
+        model._forward(torch.zeros(1, model.in_channels, size, size, device=device), record=record)
+    model.train(was_training)
+    return record
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Any module.
+
+    Returns
+    -------
+    int
+        Sum of ``numel`` over parameters with ``requires_grad``.
+
+    Examples
+    --------
+    >>> count_parameters(nn.Conv2d(1, 4, 3))  # 4 * 1 * 3 * 3 weights + 4 biases
+    40
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def receptive_field(depth: int) -> int:
+    """Receptive field (pixels along one axis) of one output pixel of :class:`UNet`.
+
+    Walks the layers from input to output: a 3x3 convolution adds ``2 * jump`` pixels, a 2x2 max
+    pool adds ``jump`` and doubles the jump (the input-pixel distance between neighbouring
+    features), and a 2x2 stride-2 transposed convolution halves the jump without adding any
+    (each output feature comes from exactly one input feature). In closed form
+    ``13 * 2**depth - 8``. Independent of ``base``.
+
+    Parameters
+    ----------
+    depth : int
+        Number of poolings.
+
+    Returns
+    -------
+    int
+        Width of the square input window that can influence one output pixel.
+
+    Examples
+    --------
+    >>> receptive_field(0), receptive_field(4)  # depth 0: just two 3x3 convolutions
+    (5, 200)
+    """
+    field, jump = 1, 1
+    for level in range(depth + 1):
+        if level > 0:
+            field += jump  # 2x2 max pool
+            jump *= 2
+        field += 2 * 2 * jump  # two 3x3 convolutions
+    for _ in range(depth):
+        jump //= 2  # transposed convolution: no growth
+        field += 2 * 2 * jump
+    return field
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Inference copy with each BatchNorm folded into the convolution before it.
+
+    In eval mode BatchNorm is a fixed per-channel affine map ``y = a * x + b``, so it can be
+    merged into the preceding convolution's weights and bias: the copy gives the same outputs
+    as ``model.eval()`` (up to rounding) with fewer operations. The input model is unchanged.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A network whose BatchNorm layers directly follow convolutions inside ``nn.Sequential``
+        blocks (as in :class:`UNet`).
+
+    Returns
+    -------
+    torch.nn.Module
+        A folded copy in eval mode (BatchNorm layers replaced by ``nn.Identity``).
+
+    Examples
+    --------
+    >>> block = conv_block(1, 2).eval()
+    >>> folded = fold_batchnorm(block)
+    >>> sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    0
+    >>> x = torch.randn(1, 1, 5, 5)
+    >>> torch.allclose(block(x), folded(x), atol=1e-5)
+    True
+    """
+    folded = copy.deepcopy(model).eval()
+    for sequential in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:
+        layers = list(sequential)
+        for index in range(len(layers) - 1):
+            conv, norm = layers[index], layers[index + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                sequential[index] = _fold_conv_bn(conv, norm)
+                sequential[index + 1] = nn.Identity()
+    return folded
+
+
+def _fold_conv_bn(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
+    """One convolution equal to ``norm(conv(x))`` in eval mode."""
+    scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(norm.running_mean)
+    fused = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+        conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+    ).to(conv.weight.device)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight.detach() * scale.reshape(-1, 1, 1, 1))
+        fused.bias.copy_((bias - norm.running_mean) * scale + norm.bias.detach())
+    return fused
+
+
+def unet_parameter_count(in_channels: int = 1, out_channels: int = 1, base: int = 16, depth: int = 4) -> int:
+    """Closed-form parameter count of :class:`UNet` (a check on the architecture, and for the chapter).
+
+    Per 3x3 convolution ``9 * c_in * c_out`` weights (no bias) and ``2 * c_out`` BatchNorm
+    parameters; per transposed convolution ``4 * c_in * c_out + c_out``; the head ``c * out + out``.
+
+    Parameters
+    ----------
+    in_channels, out_channels, base, depth : int
+        As for :class:`UNet`.
+
+    Returns
+    -------
+    int
+        The count that :func:`count_parameters` reports for ``UNet(...)``.
+
+    Examples
+    --------
+    >>> unet_parameter_count(base=4, depth=0)  # 9*1*4 + 8 + 9*4*4 + 8 + 4*1 + 1
+    201
+    >>> unet_parameter_count() == count_parameters(UNet())
+    True
+    """
+
+    def block(c_in: int, c_out: int) -> int:
+        return 9 * c_in * c_out + 2 * c_out + 9 * c_out * c_out + 2 * c_out
+
+    widths = [base * 2**level for level in range(depth + 1)]
+    total = block(in_channels, widths[0]) + sum(block(widths[i - 1], widths[i]) for i in range(1, depth + 1))
+    for i in range(depth):
+        total += 4 * widths[i + 1] * widths[i] + widths[i] + block(2 * widths[i], widths[i])
+    return total + widths[0] * out_channels + out_channels
+
+
+__all__ = [
+    "UNet",
+    "conv_block",
+    "count_parameters",
+    "describe_shapes",
+    "fold_batchnorm",
+    "pad_to_multiple",
+    "probabilities_from_logits",
+    "receptive_field",
+    "unet_parameter_count",
+]

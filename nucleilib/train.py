@@ -1,0 +1,1044 @@
+"""Training the U-Net: the loop, checkpoints, evaluation and the ``train`` command.
+
+- :func:`fit` trains with Adam, halves the learning rate when the validation loss stops improving
+  (``ReduceLROnPlateau``), stops early, keeps a time budget, and writes the best and the last
+  checkpoint atomically after every epoch (``resume=`` continues from the last one). Ctrl-C stops
+  it cleanly: the best checkpoint on disk stays intact and the history so far is returned.
+- :func:`save_checkpoint` / :func:`load_model`: a checkpoint holds only tensors and plain data
+  (it loads with ``torch.load(..., weights_only=True)``): the weights, the model configuration,
+  the image normalization, the output heads, the training history and its provenance.
+- :func:`train_from_npz`: what ``python -m nucleilib train`` runs.
+
+CPU defaults (measured on a 2-core AVX2 CPU): the ``channels_last`` memory format (about 15-40 %
+faster for these convolutions), one thread per available core, float32 (bfloat16 autocast only
+when the CPU has native bf16). On a GPU: CUDA mixed precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import hashlib
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nucleilib.losses import bce_dice_loss, targets_from_labels
+from nucleilib.model import UNet, probabilities_from_logits
+
+CHECKPOINT_FORMAT = "nucleilib-unet"
+CHECKPOINT_VERSION = 1
+DEFAULT_NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
+MODEL_ENV = "NUCLEILIB_MODEL"
+HISTORY_KEYS = ("train_loss", "val_loss", "val_dice", "lr", "seconds")
+
+# Settings of `train_from_npz` per preset; explicit arguments override them.
+# "full" is the source project's run; "fast" reaches a held-out Dice >= 0.85 on the synthetic
+# set within 5 minutes on a 2-core CPU; "default" sits between.
+TRAIN_PRESETS: dict[str, dict] = {
+    "fast": {"epochs": 12, "max_minutes": 5.0, "max_images": 600, "base": 16, "depth": 4, "batch_size": 16},
+    "default": {"epochs": 40, "max_minutes": 30.0, "max_images": None, "base": 16, "depth": 4, "batch_size": 16},
+    "full": {"epochs": 300, "max_minutes": None, "max_images": None, "base": 16, "depth": 4, "batch_size": 16},
+}
+
+
+def default_model_path() -> Path:
+    """Path of the shipped model: ``$NUCLEILIB_MODEL`` if set, else ``models/nuclei_unet.pt`` of the project.
+
+    Returns
+    -------
+    pathlib.Path
+        The checkpoint path (it may not exist yet).
+
+    Examples
+    --------
+    >>> default_model_path().name in ("nuclei_unet.pt", Path(os.environ.get(MODEL_ENV, "x")).name)
+    True
+    """
+    override = os.environ.get(MODEL_ENV, "").strip()
+    if override:
+        return Path(override).expanduser()
+    return Path(__file__).resolve().parent.parent / "models" / "nuclei_unet.pt"
+
+
+def select_device(preference: str | torch.device | None = None) -> torch.device:
+    """The device to train on: ``preference`` if given, else CUDA, then Apple MPS, then CPU.
+
+    Parameters
+    ----------
+    preference : str or torch.device, optional
+        For example ``"cpu"`` or ``"cuda:1"``.
+
+    Returns
+    -------
+    torch.device
+
+    Examples
+    --------
+    >>> select_device("cpu")
+    device(type='cpu')
+    """
+    if preference is not None:
+        return torch.device(preference)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), so bf16 autocast pays off.
+
+    Without native support bf16 is emulated and slower than float32.
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> isinstance(cpu_supports_bf16(), bool)
+    True
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: the affinity mask, capped by a container's CPU quota.
+
+    Containers (Docker, Binder, CI runners) often show all the host's cores but allow only one or
+    two; running more threads than that makes PyTorch many times slower, not faster.
+
+    Returns
+    -------
+    int
+        At least 1.
+
+    Examples
+    --------
+    >>> available_cpus() >= 1
+    True
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    quota_files = [("/sys/fs/cgroup/cpu.max", None),
+                   ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")]
+    for quota_file, period_file in quota_files:
+        try:
+            fields = Path(quota_file).read_text().split()
+            if period_file is not None:
+                fields = [fields[0], Path(period_file).read_text().split()[0]]
+            quota, period = fields[0], fields[1]
+        except (OSError, IndexError):
+            continue
+        if quota not in ("max", "-1") and int(period) > 0:
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+        break
+    return max(1, cpus)
+
+
+def configure_cpu_threads(threads: int | None = None) -> int:
+    """Use one intra-op thread per usable CPU (:func:`available_cpus`), unless ``OMP_NUM_THREADS`` is set.
+
+    Only ever lowers PyTorch's own default (one thread per physical core).
+
+    Parameters
+    ----------
+    threads : int, optional
+        Explicit thread count.
+
+    Returns
+    -------
+    int
+        The thread count now in effect.
+
+    Examples
+    --------
+    >>> configure_cpu_threads() >= 1
+    True
+    """
+    if threads is None:
+        if os.environ.get("OMP_NUM_THREADS"):
+            return torch.get_num_threads()
+        threads = min(available_cpus(), torch.get_num_threads())
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(max(1, int(threads)))
+    return torch.get_num_threads()
+
+
+def _as_tensor(array: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
+    """float32 ``(N, C, H, W)`` CPU tensor, or ValueError naming the argument."""
+    tensor = torch.as_tensor(np.asarray(array, dtype=np.float32) if not torch.is_tensor(array) else array)
+    if tensor.ndim != 4:
+        raise ValueError(f"{name}: expected an (N, C, H, W) array, got shape {tuple(tensor.shape)}")
+    return tensor.detach().to("cpu", torch.float32)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _memory_format(device: torch.device) -> torch.memory_format:
+    # channels_last is faster for convolutions on CPU (oneDNN) and CUDA; MPS gains nothing from it.
+    return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision where it is native: float16 on CUDA, bfloat16 on CPUs with bf16; else nothing."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    if device.type == "cpu" and cpu_supports_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def predict_batch_probabilities(
+    model: torch.nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 32
+) -> torch.Tensor:
+    """Probabilities ``(N, C, H, W)`` for a batch of normalized images, in eval mode without gradients.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network (its train/eval mode is restored afterwards).
+    images : numpy.ndarray or torch.Tensor
+        ``(N, in_channels, H, W)`` float images, already normalized to [0, 1].
+    batch_size : int
+        Images per forward pass.
+
+    Returns
+    -------
+    torch.Tensor
+        float32 on the CPU, values in [0, 1].
+
+    Examples
+    --------
+    >>> predict_batch_probabilities(UNet(base=2, depth=1), np.zeros((3, 1, 5, 6))).shape
+    torch.Size([3, 1, 5, 6])
+    """
+    images = _as_tensor(images, "images")
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size].to(device).contiguous(memory_format=_memory_format(device))
+            with _autocast(device):
+                logits = model(batch)
+            outputs.append(probabilities_from_logits(logits.float()).cpu())
+    model.train(was_training)
+    if not outputs:
+        return torch.zeros(0, getattr(model, "out_channels", 1), *images.shape[-2:])
+    return torch.cat(outputs)
+
+
+def _overlap(predicted: torch.Tensor, target: torch.Tensor) -> tuple[float, float, float]:
+    """(intersection, sum of predicted, sum of target) of two {0,1} tensors."""
+    return float((predicted * target).sum()), float(predicted.sum()), float(target.sum())
+
+
+def _dice_iou(intersection: float, predicted: float, target: float) -> tuple[float, float]:
+    """Dice and IoU from overlap sums; both 1.0 when prediction and target are empty."""
+    if predicted + target == 0:
+        return 1.0, 1.0
+    union = predicted + target - intersection
+    return 2 * intersection / (predicted + target), intersection / union
+
+
+def evaluate_pixels(
+    model: torch.nn.Module,
+    images: np.ndarray | torch.Tensor,
+    masks: np.ndarray | torch.Tensor,
+    threshold: float = 0.5,
+    batch_size: int = 32,
+) -> dict[str, float]:
+    """Pixel-level Dice and IoU of channel 0 (the nucleus mask) over a whole set of images.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network.
+    images : numpy.ndarray or torch.Tensor
+        ``(N, 1, H, W)`` normalized images.
+    masks : numpy.ndarray or torch.Tensor
+        ``(N, 1, H, W)`` or ``(N, H, W)`` true masks in {0, 1} (more channels: the first is used).
+    threshold : float
+        Probability above which a pixel counts as nucleus.
+    batch_size : int
+        Images per forward pass.
+
+    Returns
+    -------
+    dict
+        ``{"dice": float, "iou": float}``.
+
+    Raises
+    ------
+    ValueError
+        When images and masks disagree in N, H or W.
+
+    Examples
+    --------
+    >>> net = UNet(base=2, depth=1)
+    >>> with torch.no_grad():
+    ...     _ = net.head.bias.fill_(-100.0)  # predicts background everywhere
+    >>> evaluate_pixels(net, np.zeros((2, 1, 8, 8)), np.zeros((2, 8, 8)))
+    {'dice': 1.0, 'iou': 1.0}
+    """
+    masks = torch.as_tensor(np.asarray(masks, dtype=np.float32) if not torch.is_tensor(masks) else masks).float()
+    if masks.ndim == 3:
+        masks = masks[:, None]
+    probabilities = predict_batch_probabilities(model, images, batch_size=batch_size)
+    if masks.ndim != 4 or masks.shape[0] != probabilities.shape[0] or masks.shape[-2:] != probabilities.shape[-2:]:
+        raise ValueError(f"evaluate_pixels: masks {tuple(masks.shape)} do not match images {tuple(probabilities.shape)}")
+    predicted = (probabilities[:, :1] > threshold).float()
+    dice, iou = _dice_iou(*_overlap(predicted, (masks[:, :1] > 0.5).float()))
+    return {"dice": dice, "iou": iou}
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _atomic_target(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path``, renamed onto it on success and removed on error."""
+    try:
+        from nucleilib.data import atomic_path
+    except ImportError:
+        atomic_path = None
+    if atomic_path is not None:
+        with atomic_path(path) as temporary:
+            yield Path(temporary)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(name)
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(name)
+        raise
+
+
+def _atomic_torch_save(payload: dict, path: str | Path) -> None:
+    """``torch.save`` that never leaves a half-written file at ``path`` (temp file + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _atomic_target(path) as temporary:
+        torch.save(payload, temporary)
+
+
+def _plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copy of the weights, contiguous (channels_last tensors are stored in the standard layout)."""
+    return {key: value.detach().to("cpu").contiguous().clone() for key, value in model.state_dict().items()}
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    history: dict | None = None,
+    provenance: dict | None = None,
+    normalization: dict | None = None,
+    heads: Sequence[str] | None = None,
+    training_state: dict | None = None,
+) -> Path:
+    """Write a checkpoint atomically: weights, configuration and plain-data metadata only.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Destination ``.pt`` file (folders are created).
+    model : UNet
+        The network; its ``config`` is stored so :func:`load_model` can rebuild it.
+    history : dict, optional
+        Per-epoch training history (lists of numbers).
+    provenance : dict, optional
+        How the model was made: command line, seed, data hashes, metrics, date ...
+    normalization : dict, optional
+        How images must be normalized before the model sees them; default percentile 1-99.8.
+    heads : sequence of str, optional
+        Names of the output channels; default ``("mask",)`` or ``("mask", "interior")`` by channel count.
+    training_state : dict, optional
+        Optimizer, scheduler and random state for resuming (tensors and plain data).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        When history or provenance hold something other than plain data.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> path = save_checkpoint(Path(folder) / "m.pt", UNet(base=2, depth=1))
+    >>> sorted(torch.load(path, weights_only=True))[:4]
+    ['config', 'format', 'format_version', 'heads']
+    """
+    config = dict(model.config)
+    if heads is None:
+        heads = ("mask", "interior")[: config["out_channels"]]
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "state_dict": _plain_state_dict(model),
+        "config": config,
+        "normalization": _plain(dict(normalization or DEFAULT_NORMALIZATION), "normalization"),
+        "heads": [str(head) for head in heads],
+        "history": _plain(history or {}, "history"),
+        "provenance": _plain(provenance or {}, "provenance"),
+    }
+    if training_state is not None:
+        payload["training_state"] = training_state
+    _atomic_torch_save(payload, path)
+    return Path(path)
+
+
+def _one_line(error: BaseException) -> str:
+    """A short one-line description of an exception (torch's messages span many lines)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    detail = f"it holds a {unsupported.group(1)} object" if unsupported else (text.strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {detail[:160]}".strip().rstrip(":")
+
+
+def _plain(value, where: str = "value"):
+    """``value`` as plain data (dict/list/str/int/float/bool/None/tensor) that loads with ``weights_only``."""
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (str, Path)):  # str subclasses such as torch.__version__
+        return str(value)
+    if isinstance(value, dict):
+        return {str(key): _plain(item, f"{where}[{key!r}]") for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item, f"{where}[{index}]") for index, item in enumerate(value)]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise ValueError(f"{where}: {type(value).__name__} cannot be stored in a checkpoint (plain data only)")
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read and validate a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The ``.pt`` file.
+
+    Returns
+    -------
+    dict
+        ``format``, ``state_dict``, ``config``, ``normalization``, ``heads``, ``history``,
+        ``provenance`` and, for a "last" checkpoint, ``training_state``.
+
+    Raises
+    ------
+    ValueError
+        One line naming the file, when it is missing, unreadable or not a nucleilib checkpoint.
+
+    Examples
+    --------
+    >>> load_checkpoint("no/such/model.pt")
+    Traceback (most recent call last):
+    ...
+    ValueError: no/such/model.pt: no such checkpoint file
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for text, random bytes or unsafe pickles
+        raise ValueError(f"{path}: not a nucleilib checkpoint (cannot be loaded: {_one_line(error)})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a nucleilib checkpoint (no '{CHECKPOINT_FORMAT}' format marker)")
+    missing = [key for key in ("state_dict", "config", "normalization", "heads") if key not in payload]
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    config = payload["config"]
+    if not isinstance(config, dict) or set(config) != {"in_channels", "out_channels", "base", "depth"}:
+        raise ValueError(f"{path}: checkpoint config must have in_channels, out_channels, base, depth; got {config!r}")
+    if len(payload["heads"]) != config["out_channels"]:
+        raise ValueError(f"{path}: checkpoint has {len(payload['heads'])} heads but {config['out_channels']} outputs")
+    payload.setdefault("history", {})
+    payload.setdefault("provenance", {})
+    return payload
+
+
+def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[UNet, dict]:
+    """Rebuild the U-Net from a checkpoint, in eval mode.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path, optional
+        Checkpoint; default :func:`default_model_path` (``$NUCLEILIB_MODEL`` or ``models/nuclei_unet.pt``).
+    device : str or torch.device
+        Where to put the model.
+
+    Returns
+    -------
+    (UNet, dict)
+        The model and the checkpoint's metadata (``config``, ``normalization``, ``heads``,
+        ``history``, ``provenance``, ``path``).
+
+    Raises
+    ------
+    ValueError
+        One line naming the file when it is missing (with how to train one) or not a valid checkpoint.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = save_checkpoint(Path(tempfile.mkdtemp()) / "m.pt", UNet(out_channels=2, base=2, depth=1))
+    >>> model, info = load_model(path)
+    >>> model.training, info["heads"]
+    (False, ['mask', 'interior'])
+    """
+    if path is None:
+        path = default_model_path()
+        if not Path(path).is_file():
+            raise ValueError(
+                f"{path}: no trained model here; train one with `python -m nucleilib make-data --out data/nuclei.npz` "
+                f"and `python -m nucleilib train --data data/nuclei.npz --out {path}`, or set {MODEL_ENV}"
+            )
+    payload = load_checkpoint(path)
+    model = UNet(**payload["config"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"{path}: weights do not fit the stored config ({_one_line(error)})") from None
+    model.to(device).eval()
+    info = {key: value for key, value in payload.items() if key not in ("state_dict", "training_state")}
+    info["path"] = str(path)
+    return model, info
+
+
+def last_checkpoint_path(out: str | Path) -> Path:
+    """Where :func:`fit` keeps the resumable "last" checkpoint beside the best one at ``out``.
+
+    Parameters
+    ----------
+    out : str or pathlib.Path
+        The best-checkpoint path.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Examples
+    --------
+    >>> last_checkpoint_path("models/nuclei_unet.pt").as_posix()
+    'models/nuclei_unet.last.pt'
+    """
+    out = Path(out)
+    return out.with_name(f"{out.stem}.last{out.suffix or '.pt'}")
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def _flip_rotate(images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator):
+    """Fallback augmentation: the same random flip and 90-degree rotation for image and target."""
+    if torch.rand(1, generator=generator).item() < 0.5:
+        images, targets = images.flip(-1), targets.flip(-1)
+    turns = int(torch.randint(0, 4, (1,), generator=generator))
+    return torch.rot90(images, turns, (-2, -1)), torch.rot90(targets, turns, (-2, -1))
+
+
+def _augmenter() -> Callable:
+    try:
+        from nucleilib.data import augment_batch
+    except ImportError:
+        return _flip_rotate
+    return augment_batch
+
+
+def _run_epoch(model, images, targets, loss, optimizer, scaler, generator, batch_size, augment, device, bar):
+    """One pass over the training set in random order; returns the mean training loss."""
+    model.train()
+    augment_fn = _augmenter() if augment else None
+    order = torch.randperm(len(images), generator=generator)
+    total, seen = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        x, y = images[index], targets[index]
+        if augment_fn is not None:
+            x, y = augment_fn(x, y, generator)
+        memory_format = _memory_format(device)
+        x = x.to(device).contiguous(memory_format=memory_format)
+        y = y.to(device).contiguous(memory_format=memory_format)
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(device):
+            logits = model(x)
+        value = loss(logits.float(), y)
+        if scaler is not None:
+            scaler.scale(value).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            value.backward()
+            optimizer.step()
+        total += float(value.detach()) * len(index)
+        seen += len(index)
+        bar.update(1)
+    return total / max(seen, 1)
+
+
+def _validate(model, images, targets, loss, batch_size, device, threshold=0.5):
+    """Mean validation loss and pixel Dice of channel 0 at ``threshold``."""
+    model.eval()
+    total, counts = 0.0, np.zeros(3)
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            memory_format = _memory_format(device)
+            x = images[start : start + batch_size].to(device).contiguous(memory_format=memory_format)
+            y = targets[start : start + batch_size].to(device)
+            with _autocast(device):
+                logits = model(x)
+            logits = logits.float()
+            total += float(loss(logits, y)) * len(x)
+            predicted = (probabilities_from_logits(logits[:, :1]) > threshold).float()
+            counts += _overlap(predicted, y[:, :1])
+    return total / max(len(images), 1), _dice_iou(*counts)[0]
+
+
+def fit(
+    model: UNet,
+    train_images: np.ndarray | torch.Tensor,
+    train_targets: np.ndarray | torch.Tensor,
+    val_images: np.ndarray | torch.Tensor,
+    val_targets: np.ndarray | torch.Tensor,
+    epochs: int = 30,
+    lr: float = 1e-3,
+    batch_size: int = 16,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = bce_dice_loss,
+    seed: int = 0,
+    augment: bool = True,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    max_minutes: float | None = None,
+    early_stopping: int | None = 8,
+    plateau_patience: int = 3,
+    plateau_factor: float = 0.5,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+    checkpoint_info: dict | None = None,
+) -> dict:
+    """Train ``model`` in place and return its per-epoch history.
+
+    Adam at ``lr``; the learning rate is multiplied by ``plateau_factor`` when the validation loss
+    has not improved for ``plateau_patience`` epochs; training stops after ``early_stopping``
+    epochs without improvement, when the next epoch would overrun ``max_minutes``, or on Ctrl-C.
+    At the end the model holds the weights of its best epoch (lowest validation loss).
+
+    Parameters
+    ----------
+    model : UNet
+        The network (moved to ``device``).
+    train_images, val_images : numpy.ndarray or torch.Tensor
+        ``(N, 1, H, W)`` float images in [0, 1].
+    train_targets, val_targets : numpy.ndarray or torch.Tensor
+        ``(N, out_channels, H, W)`` targets; channel 0 is the nucleus mask.
+    epochs : int
+        Total epochs (counting those of a resumed run).
+    lr : float
+        Initial learning rate.
+    batch_size : int
+        Images per optimizer step.
+    loss : callable
+        ``loss(logits, targets) -> scalar``; default BCE + Dice.
+    seed : int
+        Seeds the shuffling and the augmentation (the model's initial weights are the caller's).
+    augment : bool
+        Random flips/rotations (and intensity changes, with ``nucleilib.data.augment_batch``).
+    out : str or pathlib.Path, optional
+        Best checkpoint path, written atomically whenever validation improves; the resumable
+        last checkpoint goes to :func:`last_checkpoint_path` every epoch.
+    resume : str or pathlib.Path, optional
+        A last checkpoint to continue from (weights, optimizer, scheduler, history, random state).
+    max_minutes : float, optional
+        Time budget for this call; no epoch is started that would (by the last epoch's time) overrun it.
+    early_stopping : int or None
+        Epochs without validation improvement before stopping; None disables it.
+    plateau_patience, plateau_factor : int, float
+        ``ReduceLROnPlateau`` settings.
+    progress : bool
+        Show tqdm progress bars.
+    device : str or torch.device, optional
+        Default :func:`select_device`.
+    checkpoint_info : dict, optional
+        ``provenance``, ``normalization``, ``heads`` to store in the checkpoints.
+
+    Returns
+    -------
+    dict
+        Lists per epoch: ``train_loss``, ``val_loss``, ``val_dice``, ``lr``, ``seconds``; plus
+        ``stop_reason`` (str): ``"epochs"``, ``"early stopping"``, ``"time budget"`` or ``"interrupted"``.
+
+    Raises
+    ------
+    ValueError
+        For mismatched array shapes, or a ``resume`` file that is not a resumable checkpoint.
+
+    Examples
+    --------
+    >>> _ = torch.manual_seed(0)
+    >>> images = torch.rand(4, 1, 8, 8)
+    >>> history = fit(UNet(base=2, depth=1), images, (images > 0.5).float(), images, (images > 0.5).float(),
+    ...               epochs=2, batch_size=2, progress=False, device="cpu")
+    >>> len(history["val_dice"]), history["stop_reason"]
+    (2, 'epochs')
+    """
+    from tqdm.auto import tqdm
+
+    train_images, train_targets = _as_tensor(train_images, "train_images"), _as_tensor(train_targets, "train_targets")
+    val_images, val_targets = _as_tensor(val_images, "val_images"), _as_tensor(val_targets, "val_targets")
+    for images, targets, name in ((train_images, train_targets, "train"), (val_images, val_targets, "val")):
+        if len(images) == 0:
+            raise ValueError(f"fit: no {name} images")
+        if images.shape[0] != targets.shape[0] or images.shape[-2:] != targets.shape[-2:]:
+            raise ValueError(f"fit: {name} images {tuple(images.shape)} and targets {tuple(targets.shape)} differ")
+        if targets.shape[1] != model.out_channels:
+            raise ValueError(f"fit: {name} targets have {targets.shape[1]} channels, model outputs {model.out_channels}")
+
+    device = select_device(device)
+    if device.type == "cpu":
+        configure_cpu_threads()
+    model.to(device, memory_format=_memory_format(device))
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=plateau_factor, patience=plateau_patience
+    )
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+    generator = torch.Generator().manual_seed(int(seed))
+    history: dict = {key: [] for key in HISTORY_KEYS}
+    best_loss, stale_epochs = math.inf, 0
+    info = dict(checkpoint_info or {})
+
+    if resume is not None:
+        payload = load_checkpoint(resume)
+        state = payload.get("training_state")
+        if state is None:
+            raise ValueError(f"{resume}: not a resumable checkpoint (no training_state; use the .last.pt file)")
+        if payload["config"] != model.config:
+            raise ValueError(f"{resume}: checkpoint config {payload['config']} differs from the model {model.config}")
+        model.load_state_dict(payload["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        best_loss, stale_epochs = float(state["best_loss"]), int(state["stale_epochs"])
+        history = {key: list(payload["history"].get(key, [])) for key in HISTORY_KEYS}
+    best_weights = copy.deepcopy(model.state_dict())
+
+    def write_checkpoints(improved: bool) -> None:
+        if out is None:
+            return
+        common = {k: info[k] for k in ("provenance", "normalization", "heads") if k in info}
+        if improved:
+            save_checkpoint(out, model, history=history, **common)
+        training_state = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(),
+            "best_loss": best_loss,
+            "stale_epochs": stale_epochs,
+        }
+        save_checkpoint(last_checkpoint_path(out), model, history=history, training_state=training_state, **common)
+
+    started = time.perf_counter()
+    stop_reason = "epochs"
+    steps_per_epoch = math.ceil(len(train_images) / batch_size)
+    first_epoch = len(history["train_loss"])
+    bar = tqdm(total=(epochs - first_epoch) * steps_per_epoch, disable=not progress, desc="training", unit="batch")
+    try:
+        for epoch in range(first_epoch, epochs):
+            elapsed = time.perf_counter() - started
+            last_seconds = history["seconds"][-1] if history["seconds"] else 0.0
+            if max_minutes is not None and epoch > first_epoch and elapsed + last_seconds > 60 * max_minutes:
+                stop_reason = "time budget"
+                break
+            epoch_started = time.perf_counter()
+            current_lr = optimizer.param_groups[0]["lr"]
+            train_loss = _run_epoch(
+                model, train_images, train_targets, loss, optimizer, scaler, generator, batch_size, augment, device, bar
+            )
+            val_loss, val_dice = _validate(model, val_images, val_targets, loss, batch_size, device)
+            scheduler.step(val_loss)
+            for key, value in zip(HISTORY_KEYS, (train_loss, val_loss, val_dice, current_lr)):
+                history[key].append(float(value))
+            history["seconds"].append(time.perf_counter() - epoch_started)
+            improved = val_loss < best_loss
+            if improved:
+                best_loss, stale_epochs = val_loss, 0
+                best_weights = copy.deepcopy(model.state_dict())
+            else:
+                stale_epochs += 1
+            write_checkpoints(improved)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", dice=f"{val_dice:.3f}")
+            if early_stopping is not None and stale_epochs >= early_stopping:
+                stop_reason = "early stopping"
+                break
+    except KeyboardInterrupt:
+        stop_reason = "interrupted"  # the partial epoch is dropped; checkpoints on disk are whole
+    finally:
+        bar.close()
+    model.load_state_dict(best_weights)
+    model.eval()
+    history["stop_reason"] = stop_reason
+    return history
+
+
+# --- the train command ------------------------------------------------------------------------
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a file (recorded in provenance to identify the training data).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Any file.
+
+    Returns
+    -------
+    str
+        64 hex characters.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile(delete=False) as handle:
+    ...     _ = handle.write(b"abc")
+    >>> file_sha256(handle.name)[:16]
+    'ba7816bf8f01cfea'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    try:
+        from nucleilib.data import split_indices
+    except ImportError:
+        order = np.random.default_rng(seed).permutation(n)
+        n_val = n_test = max(1, n // 10)
+        return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
+    return tuple(np.asarray(part) for part in split_indices(n, seed=seed))
+
+
+def _load_training_data(paths: Sequence[Path], heads: Sequence[str] | None):
+    """Concatenate images, masks and (when every file has them) labels; describe each file."""
+    from nucleilib.data import load_npz
+
+    images, masks, labels, described = [], [], [], []
+    for path in paths:
+        loaded = load_npz(path)
+        if images and loaded[0].shape[-2:] != images[0].shape[-2:]:
+            raise ValueError(
+                f"{path}: images are {tuple(loaded[0].shape[-2:])}, but {paths[0]} has {tuple(images[0].shape[-2:])}"
+            )
+        images.append(loaded[0])
+        masks.append(loaded[1])
+        labels.append(loaded[2] if len(loaded) > 2 else None)
+        described.append(
+            {
+                "path": str(path),
+                "sha256": file_sha256(path),
+                "n_images": int(len(loaded[0])),
+                "size": [int(s) for s in loaded[0].shape[-2:]],
+                "labels": len(loaded) > 2,
+            }
+        )
+    without_labels = [str(p) for p, lab in zip(paths, labels) if lab is None]
+    if heads is None:
+        heads = ("mask",) if without_labels else ("mask", "interior")
+    heads = tuple(heads)
+    if not heads or heads[0] != "mask":
+        raise ValueError(f"heads must start with 'mask', got {heads}")
+    if "interior" in heads and without_labels:
+        raise ValueError(f"{without_labels[0]}: the interior head needs instance labels, and this file has none")
+    targets = [np.concatenate([m, targets_from_labels(lab, heads[1:])], axis=1) if len(heads) > 1 else m
+               for m, lab in zip(masks, labels)]
+    return np.concatenate(images), np.concatenate(targets).astype(np.float32), heads, described
+
+
+def train_from_npz(
+    data_path: str | Path | Sequence[str | Path],
+    out: str | Path,
+    epochs: int | None = None,
+    lr: float = 1e-3,
+    seed: int = 0,
+    preset: str = "default",
+    heads: Sequence[str] | None = None,
+    base: int | None = None,
+    depth: int | None = None,
+    batch_size: int | None = None,
+    max_minutes: float | None = None,
+    command: str | None = None,
+    extra_data: Sequence[str | Path] = (),
+    max_images: int | None = None,
+    data_description: str | None = None,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+) -> dict:
+    """Train a U-Net on ``.npz`` data set(s) and write the best checkpoint with its provenance.
+
+    The images of all files are concatenated and split (seeded) into train / validation / test
+    (``nucleilib.data.split_indices``, 80/10/10); the test part is only used for the final metrics.
+    With instance labels in every file the model gets a second "interior" output for splitting
+    touching nuclei; otherwise it predicts the mask only.
+
+    Parameters
+    ----------
+    data_path : str, pathlib.Path or sequence of them
+        ``.npz`` file(s) in the data contract.
+    out : str or pathlib.Path
+        Checkpoint to write (the resumable last checkpoint goes beside it).
+    epochs, base, depth, batch_size, max_minutes, max_images : optional
+        Override the preset (``max_images``: use at most this many images, a seeded random subset).
+    lr : float
+        Initial learning rate.
+    seed : int
+        Seeds the split, the initial weights, shuffling and augmentation.
+    preset : str
+        ``"fast"``, ``"default"`` or ``"full"`` (see :data:`TRAIN_PRESETS`).
+    heads : sequence of str, optional
+        ``("mask",)`` or ``("mask", "interior")``; default by label availability.
+    command : str, optional
+        The command line, recorded in the provenance.
+    extra_data : sequence of paths
+        More ``.npz`` files to concatenate (for example imported real tiles).
+    data_description : str, optional
+        Free text for the provenance (for example the generator call that made the data).
+    progress : bool
+        Show progress bars.
+    device : str or torch.device, optional
+        Default :func:`select_device`.
+
+    Returns
+    -------
+    dict
+        ``history``, ``metrics`` (``val_dice``, ``test_dice``, ``test_iou``, ...), ``heads``, ``out``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown preset, unreadable data (from ``load_npz``), files of different image size,
+        or the interior head requested without labels.
+
+    Examples
+    --------
+    >>> train_from_npz("data.npz", "m.pt", preset="huge")
+    Traceback (most recent call last):
+    ...
+    ValueError: preset must be one of ['default', 'fast', 'full'], got 'huge'
+    """
+    if preset not in TRAIN_PRESETS:
+        raise ValueError(f"preset must be one of {sorted(TRAIN_PRESETS)}, got {preset!r}")
+    settings = dict(TRAIN_PRESETS[preset])
+    overrides = {"epochs": epochs, "base": base, "depth": depth, "batch_size": batch_size,
+                 "max_minutes": max_minutes, "max_images": max_images}
+    settings.update({key: value for key, value in overrides.items() if value is not None})
+    paths = [Path(data_path)] if isinstance(data_path, (str, Path)) else [Path(p) for p in data_path]
+    paths += [Path(p) for p in extra_data]
+    started = time.perf_counter()
+
+    images, targets, heads, described = _load_training_data(paths, heads)
+    if settings["max_images"] is not None and len(images) > settings["max_images"]:
+        keep = np.sort(np.random.default_rng(seed).permutation(len(images))[: settings["max_images"]])
+        images, targets = images[keep], targets[keep]
+    train_index, val_index, test_index = _split(len(images), seed)
+    if len(train_index) == 0 or len(val_index) == 0:
+        raise ValueError(f"{paths[0]}: too few images ({len(images)}) to split into training and validation")
+
+    torch.manual_seed(seed)
+    model = UNet(in_channels=1, out_channels=len(heads), base=settings["base"], depth=settings["depth"])
+    provenance = {
+        "command": command or f"train_from_npz({', '.join(map(str, paths))!r}, {str(out)!r}, preset={preset!r})",
+        "preset": preset,
+        "seed": int(seed),
+        "lr": float(lr),
+        "epochs": int(settings["epochs"]),
+        "batch_size": int(settings["batch_size"]),
+        "max_minutes": settings["max_minutes"],
+        "data": described,
+        "data_description": data_description or "",
+        "split": {"train": len(train_index), "val": len(val_index), "test": len(test_index), "seed": int(seed)},
+        "nucleilib_version": _library_version(),
+        "torch_version": str(torch.__version__),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    info = {"provenance": provenance, "normalization": DEFAULT_NORMALIZATION, "heads": list(heads)}
+    history = fit(
+        model,
+        images[train_index], targets[train_index], images[val_index], targets[val_index],
+        epochs=settings["epochs"], lr=lr, batch_size=settings["batch_size"], seed=seed, out=out,
+        max_minutes=settings["max_minutes"], progress=progress, device=device, checkpoint_info=info,
+    )
+    best = int(np.argmin(history["val_loss"])) if history["val_loss"] else 0
+    metrics = {"epochs_run": len(history["val_loss"]), "best_epoch": best + 1, "stop_reason": history["stop_reason"]}
+    if history["val_dice"]:
+        metrics["val_dice"] = history["val_dice"][best]
+    if len(test_index):
+        test = evaluate_pixels(model, images[test_index], targets[test_index, :1])
+        metrics.update(test_dice=test["dice"], test_iou=test["iou"])
+    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    provenance.update(metrics=metrics, device=str(_model_device(model)))
+    save_checkpoint(out, model, history=history, **info)
+    return {"history": history, "metrics": metrics, "heads": list(heads), "out": str(out)}
+
+
+def _library_version() -> str:
+    from nucleilib import __version__
+
+    return __version__
+
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "DEFAULT_NORMALIZATION",
+    "TRAIN_PRESETS",
+    "available_cpus",
+    "configure_cpu_threads",
+    "cpu_supports_bf16",
+    "default_model_path",
+    "evaluate_pixels",
+    "file_sha256",
+    "fit",
+    "last_checkpoint_path",
+    "load_checkpoint",
+    "load_model",
+    "predict_batch_probabilities",
+    "save_checkpoint",
+    "select_device",
+    "train_from_npz",
+]

@@ -1,0 +1,268 @@
+"""Figures for the chapters: image grids with outlines, training curves, and saving to ``figures/``.
+
+Every function returns the matplotlib ``Figure`` so a notebook can show it and save it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+import numpy as np
+
+
+def figures_dir() -> Path:
+    """The project's ``figures/`` folder (created if needed).
+
+    Found from the working directory: a notebook runs in ``notebooks/``, the command line in the project root.
+    ``NUCLEILIB_FIGURES`` overrides it.
+
+    Returns
+    -------
+    Path
+        The folder figures are saved to.
+
+    Examples
+    --------
+    >>> figures_dir().name
+    'figures'
+    """
+    override = os.environ.get("NUCLEILIB_FIGURES")
+    if override:
+        folder = Path(override)
+    else:
+        from nucleilib.data import project_root
+
+        folder = project_root() / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def save_figure(figure: "matplotlib.figure.Figure", name: str, dpi: int = 110) -> Path:
+    """Save a figure as ``figures/<name>`` atomically (never a half-written PNG).
+
+    Parameters
+    ----------
+    figure : matplotlib.figure.Figure
+        The figure to save.
+    name : str
+        File name, such as ``"01_grid.png"``.
+    dpi : int, optional
+        Resolution (default 110).
+
+    Returns
+    -------
+    Path
+        Where the file was written.
+
+    Examples
+    --------
+    >>> import matplotlib.pyplot as plt, tempfile
+    >>> os.environ["NUCLEILIB_FIGURES"] = tempfile.mkdtemp()
+    >>> fig = plt.figure(); save_figure(fig, "demo.png").name
+    'demo.png'
+    >>> del os.environ["NUCLEILIB_FIGURES"]; plt.close(fig)
+    """
+    from nucleilib.data import atomic_path
+
+    path = figures_dir() / name
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    return path
+
+
+def outline_rgb(image: np.ndarray, labels: np.ndarray | None = None, color: Sequence[float] = (1.0, 0.85, 0.0)) -> np.ndarray:
+    """A gray image in RGB with the outline of every labelled nucleus drawn in ``color``.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        2-D image, already normalized to [0, 1].
+    labels : numpy.ndarray, optional
+        2-D instance labels (0 = background).
+    color : sequence of float
+        RGB colour of the outlines, each in [0, 1].
+
+    Returns
+    -------
+    numpy.ndarray
+        Float (H, W, 3) image in [0, 1].
+
+    Examples
+    --------
+    >>> labels = np.zeros((5, 5), int); labels[1:4, 1:4] = 1
+    >>> rgb = outline_rgb(np.zeros((5, 5)), labels)
+    >>> rgb.shape, bool(rgb[1, 1, 0] == 1.0), bool(rgb[2, 2, 0] == 0.0)
+    ((5, 5, 3), True, True)
+    """
+    from skimage.segmentation import find_boundaries
+
+    gray = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    if labels is not None:
+        edges = find_boundaries(labels, mode="inner")
+        rgb[edges] = color
+    return rgb
+
+
+def show_grid(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray] | None = None,
+    titles: Sequence[str] | None = None,
+    ncols: int = 4,
+    size: float = 2.6,
+    cmap: str = "gray",
+) -> "matplotlib.figure.Figure":
+    """Show images in a grid, with nucleus outlines when labels are given.
+
+    Parameters
+    ----------
+    images : sequence of numpy.ndarray
+        2-D images (normalized to [0, 1] for outlines), or (1, H, W) arrays.
+    labels : sequence of numpy.ndarray, optional
+        Instance labels per image (``None`` entries: no outlines).
+    titles : sequence of str, optional
+        One title per image.
+    ncols : int
+        Images per row.
+    size : float
+        Inches per panel.
+    cmap : str
+        Colour map for images without outlines.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> fig = show_grid([np.zeros((4, 4))] * 3, ncols=2)
+    >>> len(fig.axes)
+    4
+    """
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    nrows = max(1, int(np.ceil(n / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        image = np.squeeze(np.asarray(images[i]))
+        if labels is not None and labels[i] is not None:
+            ax.imshow(outline_rgb(image, np.squeeze(labels[i])))
+        else:
+            ax.imshow(image, cmap=cmap)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history: dict, title: str | None = None) -> "matplotlib.figure.Figure":
+    """Training curves: loss (train and validation), validation Dice and learning rate per epoch.
+
+    Parameters
+    ----------
+    history : dict
+        Per-epoch lists ``train_loss``, ``val_loss``, ``val_dice`` and ``lr`` (as returned by ``train.fit``).
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> h = {"train_loss": [1.0, 0.5], "val_loss": [1.1, 0.6], "val_dice": [0.3, 0.8], "lr": [1e-3, 5e-4]}
+    >>> len(plot_history(h).axes)
+    3
+    """
+    import matplotlib.pyplot as plt
+
+    epochs = np.arange(1, len(history["train_loss"]) + 1)
+    fig, (ax_loss, ax_dice, ax_lr) = plt.subplots(1, 3, figsize=(12, 3.2))
+    ax_loss.plot(epochs, history["train_loss"], label="train")
+    ax_loss.plot(epochs, history["val_loss"], label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_loss.legend()
+    ax_dice.plot(epochs, history["val_dice"], color="tab:green")
+    ax_dice.set(xlabel="epoch", ylabel="Dice", title="validation Dice", ylim=(0, 1))
+    ax_lr.plot(epochs, history["lr"], color="tab:red")
+    ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate", yscale="log")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def normalization_figure(candidates: dict[str, np.ndarray], bins: int = 64) -> "matplotlib.figure.Figure":
+    """One column per normalization: the image (top) and its intensity histogram on [0, 1] (bottom).
+
+    Parameters
+    ----------
+    candidates : dict of str to numpy.ndarray
+        Name of the normalization and the 2-D image it produced.
+    bins : int
+        Histogram bins.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> len(normalization_figure({"a": np.zeros((4, 4)), "b": np.ones((4, 4))}).axes)
+    4
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(candidates), figsize=(3.2 * len(candidates), 5.6), squeeze=False)
+    for column, (name, image) in enumerate(candidates.items()):
+        axes[0, column].imshow(image, cmap="gray", vmin=0, vmax=1)
+        axes[0, column].set_title(name)
+        axes[0, column].axis("off")
+        axes[1, column].hist(np.ravel(image), bins=bins, range=(0, 1), color="tab:blue", log=True)
+        axes[1, column].set(xlabel="value after normalization", ylabel="pixels (log)")
+    fig.tight_layout()
+    return fig
+
+
+def statistics_figure(labels: np.ndarray) -> "matplotlib.figure.Figure":
+    """Histograms of nuclei per image and of nucleus area (pixels) over a labelled data set.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (N, H, W) instance labels, 0 = background.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> labels = np.zeros((2, 6, 6), int); labels[0, :2, :2] = 1; labels[1, 3:, 3:] = 5
+    >>> len(statistics_figure(labels).axes)
+    2
+    """
+    import matplotlib.pyplot as plt
+
+    per_image, areas = [], []
+    for image_labels in np.asarray(labels).reshape(-1, *np.shape(labels)[-2:]):
+        sizes = np.bincount(image_labels.ravel())[1:]
+        sizes = sizes[sizes > 0]
+        per_image.append(len(sizes))
+        areas.extend(sizes.tolist())
+    fig, (ax_count, ax_area) = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax_count.hist(per_image, bins=range(0, max(per_image, default=0) + 2), color="tab:blue")
+    ax_count.set(xlabel="nuclei per image", ylabel="images")
+    ax_area.hist(areas, bins=np.logspace(0, np.log10(max(areas, default=10) + 1), 40), color="tab:orange")
+    ax_area.set(xscale="log", xlabel="nucleus area (pixels)", ylabel="nuclei")
+    fig.tight_layout()
+    return fig
