@@ -83,6 +83,9 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         seed=args.seed,
         preset=args.preset,
         max_minutes=args.max_minutes,
+        base=args.base,
+        depth=args.depth,
+        batch_size=args.batch_size,
         command=_command_line(argv),
     )
     print(json.dumps(result.get("metrics", {}), indent=2))
@@ -91,10 +94,11 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from nucleilib import evaluation
+    from nucleilib import evaluate
 
-    metrics = evaluation.evaluate_path(
-        args.data, model_path=args.model, threshold=args.threshold, min_area=args.min_area, split=not args.no_split
+    metrics = evaluate.evaluate_path(
+        args.data, model_path=args.model, method=args.method, threshold=args.threshold, min_area=args.min_area,
+        split=not args.no_split, layout=args.layout, subset=args.split,
     )
     print(json.dumps(metrics, indent=2))
     return 0
@@ -115,13 +119,13 @@ def _expand_inputs(patterns: Sequence[str]) -> list[Path]:
 
 
 def _count(args: argparse.Namespace) -> int:
-    from nucleilib import evaluation
+    from nucleilib import evaluate
 
     inputs = _expand_inputs(args.images)
     if not inputs:
         print("error: no images given (no file matched)", file=sys.stderr)
         return 2
-    failures = evaluation.count_files(
+    failures = evaluate.count_files(
         inputs,
         Path(args.out),
         model_path=args.model,
@@ -195,9 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", choices=["fast", "default", "full"], default="default",
                        help="fast: minutes on a laptop CPU; full: the source project's 300-epoch run")
     train.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes")
+    train.add_argument("--base", type=int, default=None, help="U-Net channels of the first level (default: preset)")
+    train.add_argument("--depth", type=int, default=None, help="U-Net poolings (default: preset)")
+    train.add_argument("--batch-size", type=int, default=None, help="images per step (default: preset)")
 
     evaluate = commands.add_parser("evaluate", help="print JSON metrics of a model on annotated data")
-    evaluate.add_argument("--data", required=True, help=".npz file, or a folder with images/ and labels/")
+    evaluate.add_argument("--data", required=True,
+                          help=".npz with labels; a folder with images/ and labels/; a DSB 2018 or BBBC039 folder")
+    evaluate.add_argument("--layout", choices=["auto", "npz", "pairs", "dsb2018", "bbbc039"], default="auto",
+                          help="how to read --data (default: guessed; BBBC039 needs --layout bbbc039)")
+    evaluate.add_argument("--split", choices=["all", "train", "test"], default="all",
+                          help="folders only: every image, or one part of the seeded split (seed 0, 30%% test)")
+    evaluate.add_argument("--method", choices=["model", "baseline"], default="model",
+                          help="the U-Net, or the classical Otsu + watershed baseline")
     evaluate.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
     evaluate.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
     evaluate.add_argument("--min-area", type=int, default=None, help="smallest nucleus in pixels")

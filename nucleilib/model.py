@@ -252,14 +252,33 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def _encoder_span(level: int, first: int, last: int) -> tuple[int, int]:
+    """Input pixels (first, last) that encoder ``level`` features ``first..last`` depend on (1-D)."""
+    first, last = first - 2, last + 2  # two 3x3 convolutions
+    if level == 0:
+        return first, last
+    return _encoder_span(level - 1, 2 * first, 2 * last + 1)  # the 2x2 max pool below this level
+
+
+def _decoder_span(level: int, depth: int, first: int, last: int) -> tuple[int, int]:
+    """Input pixels that decoder ``level`` features ``first..last`` depend on (the bottleneck at ``depth``)."""
+    if level == depth:
+        return _encoder_span(depth, first, last)
+    first, last = first - 2, last + 2  # two 3x3 convolutions after the concatenation
+    skip = _encoder_span(level, first, last)
+    below = _decoder_span(level + 1, depth, first // 2, last // 2)  # 2x2 stride-2 up-convolution
+    return min(skip[0], below[0]), max(skip[1], below[1])
+
+
 def receptive_field(depth: int) -> int:
     """Receptive field (pixels along one axis) of one output pixel of :class:`UNet`.
 
-    Walks the layers from input to output: a 3x3 convolution adds ``2 * jump`` pixels, a 2x2 max
-    pool adds ``jump`` and doubles the jump (the input-pixel distance between neighbouring
-    features), and a 2x2 stride-2 transposed convolution halves the jump without adding any
-    (each output feature comes from exactly one input feature). In closed form
-    ``13 * 2**depth - 8``. Independent of ``base``.
+    Exact interval arithmetic, layer by layer: a 3x3 convolution widens the window by one feature
+    on each side; a 2x2 max pool maps features ``i..j`` to inputs ``2i..2j+1``; a 2x2 stride-2
+    transposed convolution maps outputs ``i..j`` to inputs ``i//2..j//2``; a skip connection joins
+    the two windows. Because pooling and up-convolution windows sit on a fixed even grid, the
+    field depends a little on where the pixel lies (depth 3: 92 to 100 px); this returns the
+    largest over positions. Independent of ``base``.
 
     Parameters
     ----------
@@ -269,23 +288,18 @@ def receptive_field(depth: int) -> int:
     Returns
     -------
     int
-        Width of the square input window that can influence one output pixel.
+        Width of the largest square input window that can influence one output pixel.
 
     Examples
     --------
-    >>> receptive_field(0), receptive_field(4)  # depth 0: just two 3x3 convolutions
-    (5, 200)
+    >>> receptive_field(0), receptive_field(1), receptive_field(4)  # depth 0: two 3x3 convolutions
+    (5, 18, 204)
     """
-    field, jump = 1, 1
-    for level in range(depth + 1):
-        if level > 0:
-            field += jump  # 2x2 max pool
-            jump *= 2
-        field += 2 * 2 * jump  # two 3x3 convolutions
-    for _ in range(depth):
-        jump //= 2  # transposed convolution: no growth
-        field += 2 * 2 * jump
-    return field
+    widths = []
+    for position in range(4 * 2**depth, 5 * 2**depth):  # one period of the pooling grid, away from 0
+        first, last = _decoder_span(0, depth, position, position)
+        widths.append(last - first + 1)
+    return max(widths)
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -338,6 +352,8 @@ def _fold_conv_bn(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
     with torch.no_grad():
         fused.weight.copy_(conv.weight.detach() * scale.reshape(-1, 1, 1, 1))
         fused.bias.copy_((bias - norm.running_mean) * scale + norm.bias.detach())
+    if conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous():
+        fused.to(memory_format=torch.channels_last)  # keep the layout the model was given
     return fused
 
 

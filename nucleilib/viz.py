@@ -266,3 +266,57 @@ def statistics_figure(labels: np.ndarray) -> "matplotlib.figure.Figure":
     ax_area.set(xscale="log", xlabel="nucleus area (pixels)", ylabel="nuclei")
     fig.tight_layout()
     return fig
+
+
+def unet_diagram(shapes: Sequence[tuple[str, tuple[int, ...]]]) -> "matplotlib.figure.Figure":
+    """Draw the U shape from ``model.describe_shapes``: one box per level, skips as arrows across.
+
+    Box height follows the image size at that level, box width the number of channels (log scale),
+    so the figure shows the trade the network makes: smaller images, more channels.
+
+    Parameters
+    ----------
+    shapes : sequence of (str, tuple)
+        ``(name, (N, C, H, W))`` pairs in forward order, as returned by ``nucleilib.model.describe_shapes``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> shapes = [("input", (1, 1, 8, 8)), ("padded input", (1, 1, 8, 8)), ("encoder 0", (1, 4, 8, 8)),
+    ...           ("bottleneck", (1, 8, 4, 4)), ("decoder 0", (1, 4, 8, 8)), ("logits", (1, 1, 8, 8))]
+    >>> len(unet_diagram(shapes).axes)
+    1
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch, Rectangle
+
+    levels = [(name, shape) for name, shape in shapes if name.startswith(("encoder", "bottleneck", "decoder"))]
+    top_size = levels[0][1][-1]
+    fig, ax = plt.subplots(figsize=(11, 5))
+    centres = {}
+    for column, (name, (_, channels, height, width)) in enumerate(levels):
+        level = int(np.log2(top_size // width))
+        box_h = 0.5 + 2.5 * height / top_size
+        box_w = 0.25 + 0.18 * np.log2(channels)
+        x, y = column * 1.6, -level * 1.6
+        colour = "tab:blue" if name.startswith("encoder") else "tab:purple" if name == "bottleneck" else "tab:green"
+        ax.add_patch(Rectangle((x, y - box_h / 2), box_w, box_h, color=colour, alpha=0.75))
+        ax.text(x + box_w / 2, y + box_h / 2 + 0.12, f"{channels} ch", ha="center", fontsize=8)
+        ax.text(x + box_w / 2, y - box_h / 2 - 0.3, f"{height}x{width}", ha="center", fontsize=8)
+        centres[name] = (x, y, box_w)
+    for name, (x, y, box_w) in centres.items():
+        if name.startswith("encoder") and name.replace("encoder", "decoder") in centres:
+            x2, y2, _ = centres[name.replace("encoder", "decoder")]
+            ax.add_patch(FancyArrowPatch((x + box_w, y), (x2, y2), arrowstyle="->", color="gray", linestyle="--",
+                                         mutation_scale=12))
+    ax.text(0, 2.45, "encoder: 2x(conv 3x3, BN, ReLU), then 2x2 max-pool", fontsize=9, color="tab:blue")
+    ax.text(centres[levels[-1][0]][0] - 4.5, 2.45, "decoder: 2x2 up-conv, concatenate skip, 2x(conv 3x3)",
+            fontsize=9, color="tab:green")
+    ax.text(len(levels) * 0.8 - 1.5, 2.1, "dashed: skip connections (concatenation)", fontsize=9, color="gray")
+    ax.set_xlim(-0.5, len(levels) * 1.6)
+    ax.set_ylim(-(len(levels) // 2) * 1.6 - 1.5, 2.7)
+    ax.axis("off")
+    return fig

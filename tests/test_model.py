@@ -8,6 +8,7 @@ from nucleilib.model import (
     count_parameters,
     describe_shapes,
     fold_batchnorm,
+    pad_to_multiple,
     probabilities_from_logits,
     receptive_field,
     unet_parameter_count,
@@ -31,20 +32,16 @@ def test_any_size_keeps_height_and_width(height, width):
     assert out.shape == (1, 2, height, width)
 
 
-def test_crop_is_aligned_with_the_input():
-    # A network that is exactly the identity after padding must return the input unchanged,
-    # so the crop takes the same window that the padding added around the image.
-    net = UNet(base=1, depth=2)
+def test_crop_takes_back_exactly_the_padded_window():
+    # Running the network on the image, or on the image padded by hand and cropping at the
+    # padding offset, must give the same logits: the crop undoes the padding exactly.
+    torch.manual_seed(0)
+    net = UNet(base=2, depth=2).eval()
     image = torch.rand(1, 1, 10, 13)
-    record = []
-    net.eval()
-    with torch.no_grad():
-        net._forward(image, record)
-    assert dict(record)["padded input"] == (1, 1, 12, 16)
-    from nucleilib.model import pad_to_multiple
-
     padded = pad_to_multiple(image, 4)
-    assert torch.equal(padded[..., 1:11, 1:14], image)
+    assert padded.shape == (1, 1, 12, 16) and torch.equal(padded[..., 1:11, 1:14], image)
+    with torch.no_grad():
+        assert torch.allclose(net(image), net(padded)[..., 1:11, 1:14], atol=1e-6)
 
 
 def test_channels_last_gives_the_same_output():
@@ -86,9 +83,22 @@ def test_describe_shapes_levels_and_mode_restored():
     assert net.training
 
 
-def test_receptive_field_closed_form():
-    for depth in range(6):
-        assert receptive_field(depth) == 13 * 2**depth - 8
+def test_receptive_field_matches_the_gradient_of_the_real_network():
+    # The largest span of non-zero input gradient over one period of output positions. BatchNorm
+    # shifts are set positive so that no ReLU is switched off and every reachable pixel shows up.
+    for depth in (1, 3):
+        torch.manual_seed(0)
+        net = UNet(base=2, depth=depth).eval()
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                torch.nn.init.constant_(module.bias, 1.0)
+        widths = []
+        for position in range(96, 96 + 2**depth):
+            image = torch.rand(1, 1, 192, 16, requires_grad=True)
+            net(image)[0, 0, position, 8].backward()
+            rows = torch.nonzero(image.grad[0, 0].abs().sum(dim=1)).ravel()
+            widths.append(int(rows.max() - rows.min() + 1))
+        assert max(widths) == receptive_field(depth)
 
 
 def test_receptive_field_bounds_the_influence_of_a_pixel():
