@@ -14,9 +14,6 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-
-
 def _command_line(argv: Sequence[str] | None) -> str:
     words = list(sys.argv[1:] if argv is None else argv)
     return shlex.join(["python", "-m", "nucleilib", *words])
@@ -106,6 +103,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _expand_inputs(patterns: Sequence[str]) -> list[Path]:
     """Files named, files in named folders, and glob matches, in a stable order."""
+    from nucleilib.data import IMAGE_SUFFIXES
+
     paths: list[Path] = []
     for pattern in patterns:
         path = Path(pattern)

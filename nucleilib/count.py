@@ -33,6 +33,8 @@ from skimage.filters import gaussian, threshold_otsu
 from skimage.morphology import disk, h_maxima
 from skimage.segmentation import find_boundaries, watershed
 
+from nucleilib.data import normalize_image
+
 DEFAULT_MIN_AREA: int = 10
 """Smallest nucleus kept, in pixels at native resolution (micronuclei are 12-20 px)."""
 
@@ -45,17 +47,6 @@ spurious ridge peaks, which the smoothing removes (without it, one elongated nuc
 
 DEFAULT_MIN_DISTANCE: int = 3
 """Default minimum distance (pixels) between two watershed seeds; closer seeds merge."""
-
-
-def _normalize_image(image: np.ndarray, **options) -> np.ndarray:
-    """``nucleilib.data.normalize_image`` (the training normalization); a percentile fallback if absent."""
-    try:
-        from nucleilib.data import normalize_image  # lazy: data.py has its own owner
-    except ImportError:  # pragma: no cover - only while data.py is being written
-        low, high = np.percentile(image, [options.get("low", 1.0), options.get("high", 99.8)])
-        scaled = (np.asarray(image, np.float32) - low) / (high - low) if high > low else np.zeros(np.shape(image))
-        return np.clip(scaled, 0, 1).astype(np.float32)
-    return normalize_image(image, **options)
 
 
 def binarize(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -459,7 +450,7 @@ def classical_baseline(
     image = np.asarray(image)
     if image.ndim != 2:
         raise ValueError(f"classical_baseline: image must be 2-D, got shape {image.shape}")
-    normalized = _normalize_image(image).astype(np.float32)
+    normalized = normalize_image(image).astype(np.float32)
     smooth = gaussian(normalized, sigma=sigma) if sigma > 0 else normalized
     if float(smooth.max()) == float(smooth.min()):  # constant image: nothing to find
         return np.zeros(image.shape, np.int32)
@@ -503,7 +494,7 @@ def overlay(image: np.ndarray, labels: np.ndarray, color: tuple[int, int, int] =
     image, labels = np.asarray(image), np.asarray(labels)
     if image.ndim != 2 or image.shape != labels.shape:
         raise ValueError(f"overlay: need a 2-D image and labels of the same shape, got {image.shape} and {labels.shape}")
-    gray = np.round(_normalize_image(image) * 255).astype(np.uint8)
+    gray = np.round(normalize_image(image) * 255).astype(np.uint8)
     rgb = np.repeat(gray[..., None], 3, axis=2)
     rgb[find_boundaries(labels, mode="inner")] = color
     return rgb

@@ -65,6 +65,9 @@ __all__ = [
     "tile_starts",
 ]
 
+# A damaged file is reported by name with a ValueError; OpenCV's own warnings would only repeat it, unnamed.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 _TIFF_SUFFIXES = (".tif", ".tiff")
 _LABEL_STEM_ENDINGS = ("_labels", "_label", "_masks", "_mask")

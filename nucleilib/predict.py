@@ -23,16 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from nucleilib.count import DEFAULT_MIN_AREA, _normalize_image, labels_from_probabilities
-
-
-def _probabilities_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """The library's single sigmoid (``nucleilib.model``), or ``torch.sigmoid`` while it is absent."""
-    try:
-        from nucleilib.model import probabilities_from_logits
-    except ImportError:  # pragma: no cover - only while model.py is being written
-        return torch.sigmoid(logits)
-    return probabilities_from_logits(logits)
+from nucleilib.count import DEFAULT_MIN_AREA, labels_from_probabilities
+from nucleilib.data import normalize_image
+from nucleilib.model import probabilities_from_logits
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -46,7 +39,7 @@ def _run(model: nn.Module, batch: torch.Tensor, device: torch.device) -> np.ndar
     logits = model(batch)
     if logits.ndim != 4 or logits.shape[0] != batch.shape[0] or logits.shape[-2:] != batch.shape[-2:]:
         raise ValueError(f"predict: the model returned shape {tuple(logits.shape)} for input {tuple(batch.shape)}")
-    return _probabilities_from_logits(logits).float().cpu().numpy()
+    return probabilities_from_logits(logits).float().cpu().numpy()
 
 
 class _EvalMode:
@@ -181,7 +174,7 @@ def _prepare_image(image: np.ndarray, normalize: bool, info: dict | None) -> np.
     if not isinstance(settings, dict):
         raise ValueError(f"probabilities: info['normalization'] must be a dict like {{'low': 1.0, 'high': 99.8}}, got {settings!r}")
     options = {key: float(settings[key]) for key in ("low", "high") if key in settings}
-    return _normalize_image(image, **options).astype(np.float32)
+    return normalize_image(image, **options).astype(np.float32)
 
 
 def probabilities(

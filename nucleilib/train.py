@@ -23,7 +23,6 @@ import hashlib
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nucleilib.data import atomic_path, augment_batch, load_npz, split_indices
 from nucleilib.losses import bce_dice_loss, targets_from_labels
 from nucleilib.model import UNet, probabilities_from_logits
 
@@ -210,47 +210,6 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def predict_batch_probabilities(
-    model: torch.nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 32
-) -> torch.Tensor:
-    """Probabilities ``(N, C, H, W)`` for a batch of normalized images, in eval mode without gradients.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        The network (its train/eval mode is restored afterwards).
-    images : numpy.ndarray or torch.Tensor
-        ``(N, in_channels, H, W)`` float images, already normalized to [0, 1].
-    batch_size : int
-        Images per forward pass.
-
-    Returns
-    -------
-    torch.Tensor
-        float32 on the CPU, values in [0, 1].
-
-    Examples
-    --------
-    >>> predict_batch_probabilities(UNet(base=2, depth=1), np.zeros((3, 1, 5, 6))).shape
-    torch.Size([3, 1, 5, 6])
-    """
-    images = _as_tensor(images, "images")
-    device = _model_device(model)
-    was_training = model.training
-    model.eval()
-    outputs = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size].to(device).contiguous(memory_format=_memory_format(device))
-            with _autocast(device):
-                logits = model(batch)
-            outputs.append(probabilities_from_logits(logits.float()).cpu())
-    model.train(was_training)
-    if not outputs:
-        return torch.zeros(0, getattr(model, "out_channels", 1), *images.shape[-2:])
-    return torch.cat(outputs)
-
-
 def _overlap(predicted: torch.Tensor, target: torch.Tensor) -> tuple[float, float, float]:
     """(intersection, sum of predicted, sum of target) of two {0,1} tensors."""
     return float((predicted * target).sum()), float(predicted.sum()), float(target.sum())
@@ -307,7 +266,9 @@ def evaluate_pixels(
     masks = torch.as_tensor(np.asarray(masks, dtype=np.float32) if not torch.is_tensor(masks) else masks).float()
     if masks.ndim == 3:
         masks = masks[:, None]
-    probabilities = predict_batch_probabilities(model, images, batch_size=batch_size)
+    from nucleilib.predict import predict_batch  # the one inference path (imported here: predict imports train)
+
+    probabilities = torch.from_numpy(predict_batch(model, images, batch_size=batch_size))
     if masks.ndim != 4 or masks.shape[0] != probabilities.shape[0] or masks.shape[-2:] != probabilities.shape[-2:]:
         raise ValueError(f"evaluate_pixels: masks {tuple(masks.shape)} do not match images {tuple(probabilities.shape)}")
     predicted = (probabilities[:, :1] > threshold).float()
@@ -318,34 +279,11 @@ def evaluate_pixels(
 # --- checkpoints ------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path``, renamed onto it on success and removed on error."""
-    try:
-        from nucleilib.data import atomic_path
-    except ImportError:
-        atomic_path = None
-    if atomic_path is not None:
-        with atomic_path(path) as temporary:
-            yield Path(temporary)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        yield Path(name)
-        os.replace(name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(name)
-        raise
-
-
 def _atomic_torch_save(payload: dict, path: str | Path) -> None:
     """``torch.save`` that never leaves a half-written file at ``path`` (temp file + ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_target(path) as temporary:
+    with atomic_path(path) as temporary:
         torch.save(payload, temporary)
 
 
@@ -566,26 +504,10 @@ def last_checkpoint_path(out: str | Path) -> Path:
 # --- training ---------------------------------------------------------------------------------
 
 
-def _flip_rotate(images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator):
-    """Fallback augmentation: the same random flip and 90-degree rotation for image and target."""
-    if torch.rand(1, generator=generator).item() < 0.5:
-        images, targets = images.flip(-1), targets.flip(-1)
-    turns = int(torch.randint(0, 4, (1,), generator=generator))
-    return torch.rot90(images, turns, (-2, -1)), torch.rot90(targets, turns, (-2, -1))
-
-
-def _augmenter() -> Callable:
-    try:
-        from nucleilib.data import augment_batch
-    except ImportError:
-        return _flip_rotate
-    return augment_batch
-
-
 def _run_epoch(model, images, targets, loss, optimizer, scaler, generator, batch_size, augment, device, bar):
     """One pass over the training set in random order; returns the mean training loss."""
     model.train()
-    augment_fn = _augmenter() if augment else None
+    augment_fn = augment_batch if augment else None
     order = torch.randperm(len(images), generator=generator)
     total, seen = 0.0, 0
     for start in range(0, len(order), batch_size):
@@ -848,19 +770,8 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    try:
-        from nucleilib.data import split_indices
-    except ImportError:
-        order = np.random.default_rng(seed).permutation(n)
-        n_val = n_test = max(1, n // 10)
-        return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
-    return tuple(np.asarray(part) for part in split_indices(n, seed=seed))
-
-
 def _load_training_data(paths: Sequence[Path], heads: Sequence[str] | None):
     """Concatenate images, masks and (when every file has them) labels; describe each file."""
-    from nucleilib.data import load_npz
 
     images, masks, labels, described = [], [], [], []
     for path in paths:
@@ -979,7 +890,7 @@ def train_from_npz(
     if settings["max_images"] is not None and len(images) > settings["max_images"]:
         keep = np.sort(np.random.default_rng(seed).permutation(len(images))[: settings["max_images"]])
         images, targets = images[keep], targets[keep]
-    train_index, val_index, test_index = _split(len(images), seed)
+    train_index, val_index, test_index = (np.asarray(part) for part in split_indices(len(images), seed=seed))
     if len(train_index) == 0 or len(val_index) == 0:
         raise ValueError(f"{paths[0]}: too few images ({len(images)}) to split into training and validation")
 
@@ -1040,7 +951,6 @@ __all__ = [
     "last_checkpoint_path",
     "load_checkpoint",
     "load_model",
-    "predict_batch_probabilities",
     "save_checkpoint",
     "select_device",
     "train_from_npz",

@@ -320,3 +320,86 @@ def unet_diagram(shapes: Sequence[tuple[str, tuple[int, ...]]]) -> "matplotlib.f
     ax.set_ylim(-(len(levels) // 2) * 1.6 - 1.5, 2.7)
     ax.axis("off")
     return fig
+
+
+def labels_rgb(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Instance labels as colours: every nucleus its own (seeded, random) colour, background black.
+
+    Random colours rather than a colour map: two touching nuclei with neighbouring ids would
+    otherwise get nearly the same colour and look like one.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        2-D instance labels, 0 = background (ids need not be sequential).
+    seed : int
+        Seed of the colours (the same labels always get the same colours).
+
+    Returns
+    -------
+    numpy.ndarray
+        Float (H, W, 3) image in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        If the labels are not a 2-D integer array with ids >= 0.
+
+    Examples
+    --------
+    >>> rgb = labels_rgb(np.array([[0, 1], [2, 2]]))
+    >>> rgb.shape, rgb[0, 0].tolist(), bool((rgb[1, 0] == rgb[1, 1]).all()), bool((rgb[0, 1] > 0).any())
+    ((2, 2, 3), [0.0, 0.0, 0.0], True, True)
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer) or (labels.size and labels.min() < 0):
+        raise ValueError(f"labels_rgb: need 2-D integer labels >= 0, got shape {labels.shape}, dtype {labels.dtype}")
+    ids, inverse = np.unique(labels, return_inverse=True)
+    colours = np.random.default_rng(seed).uniform(0.25, 1.0, size=(len(ids), 3))
+    colours[ids == 0] = 0.0
+    return colours[inverse.reshape(labels.shape)]
+
+
+def count_scatter(true_counts: Sequence[int], predicted: dict[str, Sequence[int]]) -> "matplotlib.figure.Figure":
+    """Predicted against true nucleus count per image, one panel per method, with the diagonal.
+
+    Each panel's title gives the method and its mean absolute count error.
+
+    Parameters
+    ----------
+    true_counts : sequence of int
+        True number of nuclei per image.
+    predicted : dict of str to sequence of int
+        Method name and its count per image (same order as ``true_counts``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        If a method's counts do not have one value per image.
+
+    Examples
+    --------
+    >>> fig = count_scatter([3, 5], {"a": [3, 4], "b": [2, 6]})
+    >>> len(fig.axes), fig.axes[0].get_title()
+    (2, 'a\\nmean |error| 0.50')
+    """
+    import matplotlib.pyplot as plt
+
+    true_counts = np.asarray(true_counts)
+    fig, axes = plt.subplots(1, len(predicted), figsize=(2.8 * len(predicted), 3.0), squeeze=False)
+    top = max([int(true_counts.max(initial=0))] + [int(np.max(c, initial=0)) for c in predicted.values()]) + 2
+    for ax, (name, counts) in zip(axes.flat, predicted.items()):
+        counts = np.asarray(counts)
+        if counts.shape != true_counts.shape:
+            raise ValueError(f"count_scatter: {name!r} has {counts.shape} counts for {true_counts.shape} images")
+        ax.plot([0, top], [0, top], color="gray", linewidth=0.8, linestyle="--")
+        ax.scatter(true_counts, counts, s=14, alpha=0.7)
+        ax.set(xlim=(0, top), ylim=(0, top), xlabel="true count", aspect="equal")
+        ax.set_title(f"{name}\nmean |error| {np.abs(counts - true_counts).mean():.2f}", fontsize=9)
+    axes[0, 0].set_ylabel("predicted count")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,157 @@
+"""The command line end to end: make-data, train, evaluate, count, import with a split."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from nucleilib import cli, data, synth
+
+COMMANDS = ["make-data", "import-dsb2018", "import-bbbc039", "import-pairs", "download", "train", "evaluate", "count"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "small.npz"
+    assert cli.main(["make-data", "--n", "12", "--size", "64", "--seed", "3", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model(small_set, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("model") / "tiny.pt"
+    status = cli.main(["train", "--data", str(small_set), "--out", str(out), "--preset", "fast", "--epochs", "1",
+                       "--base", "2", "--depth", "2", "--seed", "1"])
+    assert status == 0
+    return out
+
+
+def test_python_m_nucleilib_help_lists_every_command():
+    result = subprocess.run([sys.executable, "-m", "nucleilib", "--help"], capture_output=True, text=True, check=True)
+    for command in COMMANDS:
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([command, "--help"])
+    assert stopped.value.code == 0
+    assert "usage" in capsys.readouterr().out
+
+
+def test_make_data_writes_the_contract_with_labels(small_set):
+    images, masks, labels = data.load_npz(small_set)
+    assert images.shape == masks.shape == (12, 1, 64, 64)
+    expected = synth.make_dataset(n=12, size=64, seed=3)
+    np.testing.assert_array_equal(labels, expected["labels"])
+
+
+def test_train_records_provenance(tiny_model, small_set):
+    checkpoint = torch.load(tiny_model, weights_only=True)
+    provenance = checkpoint["provenance"]
+    assert "train --data" in provenance["command"] and "--epochs 1" in provenance["command"]
+    assert provenance["seed"] == 1 and provenance["lr"] == 0.001
+    assert provenance["data"][0]["sha256"] == data_sha256(small_set)
+
+
+def data_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_evaluate_prints_pixel_and_instance_metrics(tiny_model, small_set, capsys):
+    assert cli.main(["evaluate", "--data", str(small_set), "--model", str(tiny_model)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    for key in ("dice", "iou", "ap50", "f1_50", "mean_ap", "count_mae"):
+        assert 0.0 <= metrics[key] or key == "count_mae"
+    assert metrics["n_images"] == 12
+
+
+def test_evaluate_baseline_on_a_folder_of_pairs(tmp_path, capsys):
+    made = synth.make_dataset(n=3, size=64, seed=5)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for i in range(3):
+        tifffile.imwrite(tmp_path / "images" / f"f{i}.tif", made["images"][i])
+        tifffile.imwrite(tmp_path / "labels" / f"f{i}.tif", made["labels"][i].astype(np.uint16))
+    assert cli.main(["evaluate", "--data", str(tmp_path), "--method", "baseline"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n_images"] == 3 and 0.0 < metrics["dice"] <= 1.0 and metrics["method"] == "baseline"
+
+
+def test_count_writes_outputs_and_reports_bad_files_by_name(tiny_model, tmp_path, capsys):
+    image = synth.make_dataset(n=1, size=64, seed=9)["images"][0]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    tifffile.imwrite(inputs / "narrow16.tif", image.astype(np.uint16))
+    cv2.imwrite(str(inputs / "gray8.png"), (data.normalize_image(image) * 255).astype(np.uint8))
+    rgb = np.zeros((50, 70, 3), np.uint8)
+    rgb[..., 2] = 200  # nuclei in one channel of an odd-sized colour image
+    cv2.imwrite(str(inputs / "colour.png"), rgb)
+    (inputs / "truncated.png").write_bytes((inputs / "gray8.png").read_bytes()[:40])
+    (inputs / "empty.tif").write_bytes(b"")
+    out = tmp_path / "out"
+
+    status = cli.main(["count", str(inputs), str(tmp_path / "missing.png"), "--out", str(out), "--model", str(tiny_model)])
+
+    assert status == 1
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 3 and "Traceback" not in stderr
+    for name in ("truncated.png", "empty.tif", "missing.png"):
+        assert sum(name in line for line in errors) == 1
+    with open(out / "counts.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["file"] for row in rows) == ["colour.png", "gray8.png", "narrow16.tif"]
+    for row in rows:
+        stem = Path(row["file"]).stem
+        labels = tifffile.imread(out / f"{stem}_labels.tif")
+        assert labels.dtype == np.uint16 and int(labels.max()) == int(row["count"])
+        assert cv2.imread(str(out / f"{stem}_overlay.png")).shape[:2] == labels.shape
+    assert not list(out.glob("*.tmp"))
+
+
+def test_count_with_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, capsys):
+    bogus = tmp_path / "model.pt"
+    bogus.write_text("not a model")
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.zeros((16, 16), np.uint8))
+    assert cli.main(["count", str(image), "--out", str(tmp_path / "o"), "--model", str(bogus)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "model.pt" in error
+
+
+def test_import_pairs_split_parts_are_disjoint_and_cover_all(tmp_path):
+    made = synth.make_dataset(n=6, size=32, seed=1)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for i in range(6):
+        cv2.imwrite(str(tmp_path / "images" / f"img{i}.png"), (made["images"][i] % 256).astype(np.uint8))
+        cv2.imwrite(str(tmp_path / "labels" / f"img{i}.png"), made["labels"][i].astype(np.uint16))
+    counts = {}
+    for part in ("all", "train", "test"):
+        out = tmp_path / f"{part}.npz"
+        assert cli.main(["import-pairs", str(tmp_path / "images"), str(tmp_path / "labels"), "--out", str(out),
+                         "--size", "32", "--split", part, "--test-fraction", "0.5"]) == 0
+        counts[part] = len(data.load_npz(out)[0])
+    assert counts["train"] + counts["test"] == counts["all"] == 6
+    assert counts["train"] > 0 and counts["test"] > 0
