@@ -185,6 +185,7 @@ def evaluate_samples(
     scores = metrics.evaluate_instances(true_list, pred_list)
     scores["dice"] = scores.pop("pixel_dice")
     scores["iou"] = scores.pop("pixel_iou")
+    scores["ap_by_threshold"] = {t: round(value, 4) for t, value in scores["ap_by_threshold"].items()}
     return {key: (round(float(value), 4) if isinstance(value, float) else value) for key, value in scores.items()}
 
 

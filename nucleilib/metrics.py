@@ -162,20 +162,56 @@ def _ratio(numerator: float, denominator: float, both_empty: bool) -> float:
     return float(numerator) / denominator if denominator > 0 else 0.0
 
 
-def _match_counts(ious: np.ndarray, iou_threshold: float) -> tuple[int, float]:
-    """Number of one-to-one matches with IoU >= threshold (optimal assignment) and their IoU sum."""
+def _assign(ious: np.ndarray, iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the one-to-one matches with IoU >= threshold (optimal assignment)."""
     candidate = ious >= iou_threshold
     rows = np.flatnonzero(candidate.any(axis=1))
     cols = np.flatnonzero(candidate.any(axis=0))
     if len(rows) == 0:
-        return 0, 0.0
+        return np.zeros(0, int), np.zeros(0, int)
     sub_ious, sub_ok = ious[np.ix_(rows, cols)], candidate[np.ix_(rows, cols)]
     # Maximize the number of matches first; among those, prefer higher IoU (the IoU term
     # is < 1 in total, so it only breaks ties between equally many matches).
     score = sub_ok + sub_ok * sub_ious / (2 * min(sub_ok.shape))
     r, c = linear_sum_assignment(score, maximize=True)
     matched = sub_ok[r, c]
-    return int(matched.sum()), float(sub_ious[r, c][matched].sum())
+    return rows[r[matched]], cols[c[matched]]
+
+
+def _match_counts(ious: np.ndarray, iou_threshold: float) -> tuple[int, float]:
+    """Number of one-to-one matches with IoU >= threshold and the sum of their IoUs."""
+    rows, cols = _assign(ious, iou_threshold)
+    return len(rows), float(ious[rows, cols].sum())
+
+
+def matched_pairs(
+    true_labels: np.ndarray, pred_labels: np.ndarray, iou_threshold: float = 0.5
+) -> list[tuple[int, int, float]]:
+    """The matched nuclei themselves: ``(true id, predicted id, IoU)`` for each one-to-one match.
+
+    The same optimal assignment as :func:`matching`; true ids not listed are missed nuclei (false
+    negatives), predicted ids not listed are false nuclei (false positives).
+
+    Parameters
+    ----------
+    true_labels, pred_labels : np.ndarray
+        Integer instance label images of the same shape.
+    iou_threshold : float
+        Smallest IoU that counts as a match.
+
+    Returns
+    -------
+    list of (int, int, float)
+
+    Examples
+    --------
+    >>> t = np.array([[1, 1, 0, 2, 2]]); p = np.array([[7, 7, 0, 0, 3]])
+    >>> matched_pairs(t, p)
+    [(1, 7, 1.0), (2, 3, 0.5)]
+    """
+    ious, true_ids, pred_ids = iou_matrix(true_labels, pred_labels)
+    rows, cols = _assign(ious, iou_threshold)
+    return [(int(true_ids[r]), int(pred_ids[c]), round(float(ious[r, c]), 4)) for r, c in zip(rows, cols)]
 
 
 def _scores(tp: int, n_true: int, n_pred: int, iou_sum: float) -> dict[str, float]:
@@ -357,7 +393,8 @@ def evaluate_instances(
         ``ap50``, ``f1_50``, ``precision_50``, ``recall_50``, ``mean_ap`` (pooled counts),
         ``ap50_per_image``, ``mean_ap_per_image`` (mean over images), ``count_mae``, ``count_mre``
         (mean absolute and relative count error per image), ``pixel_dice``, ``pixel_iou``
-        (foreground pooled over images), ``n_true``, ``n_pred``, ``n_images``.
+        (foreground pooled over images), ``n_true``, ``n_pred``, ``n_images``, and ``ap_by_threshold``
+        (pooled AP at each threshold, for plotting).
 
     Raises
     ------
@@ -417,4 +454,5 @@ def evaluate_instances(
         "n_true": n_true,
         "n_pred": n_pred,
         "n_images": len(true_list),
+        "ap_by_threshold": {round(float(t), 2): float(value) for t, value in zip(thresholds, ap)},
     }

@@ -403,3 +403,57 @@ def count_scatter(true_counts: Sequence[int], predicted: dict[str, Sequence[int]
     axes[0, 0].set_ylabel("predicted count")
     fig.tight_layout()
     return fig
+
+
+def matching_figure(image: np.ndarray, true_labels: np.ndarray, pred_labels: np.ndarray, iou_threshold: float = 0.5,
+                    title: str | None = None) -> "matplotlib.figure.Figure":
+    """Matched, missed and false nuclei on one image, in the colours of the instance metrics.
+
+    Green: a predicted nucleus matched to a true one (TP); red: a true nucleus nobody matched (FN);
+    yellow: a predicted nucleus that matches no true one (FP). Matching is
+    :func:`nucleilib.metrics.matched_pairs` at ``iou_threshold``.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        2-D image, normalized to [0, 1].
+    true_labels, pred_labels : numpy.ndarray
+        Instance labels of the same shape.
+    iou_threshold : float
+        Smallest IoU of a match.
+    title : str, optional
+        Axes title; by default the TP/FN/FP counts.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> t = np.zeros((8, 8), int); t[1:4, 1:4] = 1; t[5:7, 5:7] = 2
+    >>> p = np.zeros((8, 8), int); p[1:4, 1:4] = 3
+    >>> matching_figure(np.zeros((8, 8)), t, p).axes[0].get_title()
+    'IoU >= 0.5: 1 matched (green), 1 missed (red), 0 false (yellow)'
+    """
+    import matplotlib.pyplot as plt
+    from skimage.segmentation import find_boundaries
+
+    from nucleilib.metrics import matched_pairs
+
+    pairs = matched_pairs(true_labels, pred_labels, iou_threshold)
+    missed_ids = sorted(set(np.unique(true_labels)) - {0} - {t for t, _, _ in pairs})
+    false_ids = sorted(set(np.unique(pred_labels)) - {0} - {p for _, p, _ in pairs})
+    outlines = (
+        (np.where(np.isin(pred_labels, [p for _, p, _ in pairs]), pred_labels, 0), (0.1, 0.9, 0.1)),
+        (np.where(np.isin(true_labels, missed_ids), true_labels, 0), (1.0, 0.15, 0.15)),
+        (np.where(np.isin(pred_labels, false_ids), pred_labels, 0), (1.0, 0.9, 0.0)),
+    )
+    rgb = outline_rgb(image)
+    for labels, colour in outlines:
+        rgb[find_boundaries(labels, mode="inner")] = colour
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.imshow(rgb)
+    ax.axis("off")
+    ax.set_title(title or f"IoU >= {iou_threshold}: {len(pairs)} matched (green), {len(missed_ids)} missed (red), "
+                 f"{len(false_ids)} false (yellow)", fontsize=9)
+    return fig

@@ -276,7 +276,7 @@ def draw_panels(
     ax_curve.plot([state["threshold"]], [state["count"]], "o", color="tab:red")
     if state["true_count"] is not None:
         ax_curve.axhline(state["true_count"], color="gray", linestyle="--", linewidth=0.8, label="true count")
-        ax_curve.legend(fontsize=7, loc="lower left")
+        ax_curve.legend(fontsize=7, loc="lower right")
     ax_curve.set(xlim=(0, 1), ylim=(0, max(max(curve, default=0), state["true_count"] or 0) * 1.15 + 1))
     ax_curve.set_xlabel("threshold", fontsize=8)
     ax_curve.set_ylabel("count", fontsize=8)

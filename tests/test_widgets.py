@@ -136,10 +136,10 @@ def test_image_choice_and_split_toggle_drive_the_count(explorer):
     assert count.value == "<b>count: 2 (true 2)</b>"
     split.value = False
     assert count.value == "<b>count: 1 (true 2)</b>"
-    area.value = 100
+    area.value = 50
     assert count.value == "<b>count: 1 (true 2)</b>"  # the merged blob (~400 px) stays
-    area.value = 1000
-    assert count.value == "<b>count: 0 (true 2)</b>"
+    choose.value = 0
+    assert count.value == "<b>count: 0 (true 3)</b>"  # 49 px blobs go
 
 
 def test_widget_runs_the_model_once_per_image():
