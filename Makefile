@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	@for chapter in $(CHAPTERS); do \
 	  echo "== executing $$chapter"; \
-	  $(BIN)/jupytext --quiet --to ipynb --update --execute $$chapter || exit 1; \
+	  $(BIN)/jupytext --quiet --to ipynb --update $$chapter || exit 1; \
+	  $(BIN)/jupyter nbconvert --log-level WARN --to notebook --execute --inplace $${chapter%.py}.ipynb || exit 1; \
 	done
 	@echo
 	@echo "Executed notebooks (with outputs): notebooks/*.ipynb"

@@ -207,7 +207,7 @@ fig = viz.show_grid([viz.labels_rgb(naive), ndi.distance_transform_edt(mask), vi
                      prob[1], viz.labels_rgb(by_interior), viz.outline_rgb(shown, true_labels)],
                     titles=[f"components: {naive.max()}", "distance transform", f"distance watershed: {by_distance.max()}",
                             "P(interior)", f"interior seeds: {by_interior.max()}", f"truth: {true_labels.max()}"],
-                    ncols=3, size=3.0)
+                    ncols=3, size=2.6)
 viz.save_figure(fig, "05_touching.png")
 
 # %% [markdown]

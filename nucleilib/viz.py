@@ -55,23 +55,26 @@ def save_figure(figure: "matplotlib.figure.Figure", name: str, dpi: int = 110) -
 
     Returns
     -------
-    Path
-        Where the file was written.
+    str
+        Where the file was written, relative to the project (``figures/<name>``) when it lies inside it.
 
     Examples
     --------
     >>> import matplotlib.pyplot as plt, tempfile
     >>> os.environ["NUCLEILIB_FIGURES"] = tempfile.mkdtemp()
-    >>> fig = plt.figure(); save_figure(fig, "demo.png").name
+    >>> fig = plt.figure(); Path(save_figure(fig, "demo.png")).name
     'demo.png'
     >>> del os.environ["NUCLEILIB_FIGURES"]; plt.close(fig)
     """
-    from nucleilib.data import atomic_path
+    from nucleilib.data import atomic_path, project_root
 
     path = figures_dir() / name
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-    return path
+    try:
+        return str(path.relative_to(project_root()))  # notebooks show this: no machine-specific folder
+    except ValueError:
+        return str(path)
 
 
 def outline_rgb(image: np.ndarray, labels: np.ndarray | None = None, color: Sequence[float] = (1.0, 0.85, 0.0)) -> np.ndarray:
@@ -456,4 +459,116 @@ def matching_figure(image: np.ndarray, true_labels: np.ndarray, pred_labels: np.
     ax.axis("off")
     ax.set_title(title or f"IoU >= {iou_threshold}: {len(pairs)} matched (green), {len(missed_ids)} missed (red), "
                  f"{len(false_ids)} false (yellow)", fontsize=9)
+    return fig
+
+
+# --- chapter 04: comparing trainings, the learning-rate range test, count errors ----------------
+
+
+def compare_curves(
+    histories: dict[str, dict], key: str = "val_loss", baseline: float | None = None, title: str | None = None
+) -> "matplotlib.figure.Figure":
+    """Several trainings on the same axes: ``key`` per epoch (left, log scale) and the learning rate (right).
+
+    Parameters
+    ----------
+    histories : dict of str to dict
+        Name of each run and its history from ``train.fit`` (lists per epoch: ``key`` and ``lr``).
+    key : str
+        History entry to plot on the left, e.g. ``"val_loss"`` or ``"train_loss"``.
+    baseline : float, optional
+        A horizontal reference line, e.g. the loss of a constant prediction ("learned nothing").
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> runs = {"a": {"val_loss": [1.0, 0.5], "lr": [1e-3, 1e-3]}, "b": {"val_loss": [1.2, 1.2], "lr": [1.0, 0.5]}}
+    >>> len(compare_curves(runs, baseline=1.1).axes)
+    2
+    """
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [1.6, 1]})
+    for name, history in histories.items():
+        epochs = np.arange(1, len(history[key]) + 1)
+        (line,) = ax_loss.plot(epochs, history[key], marker="o", markersize=3, label=name)
+        ax_lr.plot(epochs, history["lr"], marker="o", markersize=3, color=line.get_color(), label=name)
+    if baseline is not None:
+        ax_loss.axhline(baseline, color="gray", linestyle="--", label="constant prediction")
+    ax_loss.set(xlabel="epoch", ylabel=key.replace("_", " "), yscale="log", title=key.replace("_", " "))
+    ax_loss.legend(fontsize=8)
+    ax_lr.set(xlabel="epoch", ylabel="learning rate", yscale="log", title="learning rate (lowered on plateau)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def lr_range_figure(result: dict, marks: dict[str, float] | None = None) -> "matplotlib.figure.Figure":
+    """Loss against learning rate from ``train.lr_range_test``, with vertical lines at chosen rates.
+
+    Parameters
+    ----------
+    result : dict
+        ``lr``, ``loss`` and ``smoothed`` lists, as returned by ``train.lr_range_test``.
+    marks : dict of str to float, optional
+        Labelled learning rates to mark, e.g. ``{"0.001 (source)": 1e-3}``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> result = {"lr": [1e-4, 1e-3, 1e-2], "loss": [1.0, 0.8, 2.0], "smoothed": [1.0, 0.9, 1.3]}
+    >>> len(lr_range_figure(result, {"x": 1e-3}).axes)
+    1
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    ax.plot(result["lr"], result["loss"], color="tab:blue", alpha=0.35, label="loss per step")
+    ax.plot(result["lr"], result["smoothed"], color="tab:blue", label="smoothed")
+    for (name, lr), color in zip((marks or {}).items(), ["tab:green", "tab:orange", "tab:red", "tab:purple"]):
+        ax.axvline(lr, color=color, linestyle="--", label=name)
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="learning-rate range test")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def count_scatter(true_counts: Sequence[int], counts: dict[str, Sequence[int]]) -> "matplotlib.figure.Figure":
+    """Counted against true nuclei per image, one marker style per counting method, with the diagonal.
+
+    Parameters
+    ----------
+    true_counts : sequence of int
+        True nuclei per image.
+    counts : dict of str to sequence of int
+        Name of each method and its count per image.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> len(count_scatter([1, 5], {"naive": [0, 2], "fixed": [1, 5]}).axes)
+    1
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    top = max([max(true_counts, default=1)] + [max(c, default=1) for c in counts.values()]) + 1
+    ax.plot([0, top], [0, top], color="gray", linewidth=1, label="counted = true")
+    for (name, values), marker in zip(counts.items(), "oxs^v+"):
+        ax.scatter(true_counts, values, marker=marker, s=22, alpha=0.75, label=name)
+    ax.set(xlabel="true nuclei per image", ylabel="counted", xlim=(0, top), ylim=(0, top))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
     return fig

@@ -327,7 +327,7 @@ def static_threshold_figure(
 
     prob = _as_prob(prob)
     curve = count_curve(prob, curve_thresholds, min_area, split)
-    fig, axes = plt.subplots(len(thresholds), 5, figsize=(13, 2.7 * len(thresholds)), squeeze=False)
+    fig, axes = plt.subplots(len(thresholds), 5, figsize=(11, 2.3 * len(thresholds)), squeeze=False)
     for row, threshold in zip(axes, thresholds):
         state = explorer_state(prob, threshold, min_area, split, true_labels)
         draw_panels(row, image, prob, state, true_labels, curve_thresholds, curve)
