@@ -16,7 +16,7 @@
 #
 # After this chapter you will be able to:
 # - turn a probability map into a count, one named step at a time, and say which error each step fixes;
-# - split touching nuclei with a watershed, seeded by the distance transform or by the model's interior channel;
+# - split touching nuclei with a watershed on the distance transform, and with the model's interior channel;
 # - choose the threshold and the minimum area with the threshold explorer;
 # - count nuclei in your own image files from the command line.
 
@@ -192,21 +192,21 @@ print("components:", count.label_components(two_discs)[0], " watershed:", count.
 
 # %% [markdown]
 # The shipped model offers a second way, the approach of the strongest 2018 Data Science Bowl entries: an output
-# channel trained to predict each nucleus's *interior*, eroded so that touching nuclei do not touch in it. Its
-# components seed the watershed (`count.seeds_from_interior`), so the network, not the shape of the mask, decides
-# where one nucleus ends. The distance seeds assume round nuclei; the interior seeds learn from examples. On the test
-# image:
+# channel trained to predict each nucleus's *interior*, eroded so that touching nuclei do not touch in it. Where
+# two nuclei meet, the interior probability drops; multiplying the distance map by it (`count.split_with_interior`)
+# carves a valley between them even where the mask has no waist, so the network, not only the shape of the mask,
+# decides where one nucleus ends. On the test image:
 
 # %%
 from scipy import ndimage as ndi
 
 naive = count.label_components(mask)[1]
 by_distance = count.labels_from_probabilities(prob[:1])        # channel 0 only: distance-transform seeds
-by_interior = count.labels_from_probabilities(prob)            # both channels: interior seeds
+by_interior = count.labels_from_probabilities(prob)            # both channels: interior-weighted distance
 fig = viz.show_grid([viz.labels_rgb(naive), ndi.distance_transform_edt(mask), viz.labels_rgb(by_distance),
                      prob[1], viz.labels_rgb(by_interior), viz.outline_rgb(shown, true_labels)],
                     titles=[f"components: {naive.max()}", "distance transform", f"distance watershed: {by_distance.max()}",
-                            "P(interior)", f"interior seeds: {by_interior.max()}", f"truth: {true_labels.max()}"],
+                            "P(interior)", f"with interior: {by_interior.max()}", f"truth: {true_labels.max()}"],
                     ncols=3, size=2.6)
 viz.save_figure(fig, "05_touching.png")
 
@@ -242,7 +242,7 @@ methods = {
     "components": lambda p, im: count.label_components(count.binarize(p[0]))[1],
     "+ min area": lambda p, im: count.remove_small(count.label_components(count.binarize(p[0]))[1]),
     "+ distance watershed": lambda p, im: count.labels_from_probabilities(p[:1]),
-    "+ interior seeds": lambda p, im: count.labels_from_probabilities(p),
+    "+ interior channel": lambda p, im: count.labels_from_probabilities(p),
     "classical": lambda p, im: count.classical_baseline(im),
 }
 true_counts = np.array([len(np.unique(lab)) - 1 for lab in test["labels"]])
@@ -308,7 +308,7 @@ print((folder / "out" / "counts.csv").read_text())
 #   anti-aliased mask miscounts;
 # - counted connected components as `n_labels - 1` (label 0 is the background), with 8-connectivity;
 # - removed specks below 10 pixels, a minimum small enough to keep micronuclei;
-# - split touching nuclei with a watershed, seeded by the distance transform or by the model's interior channel;
+# - split touching nuclei with a watershed on the distance transform, and with the model's interior channel;
 # - explored threshold and minimum area with a widget, and measured each step's count error against the truth;
 # - counted image files from the command line.
 #
@@ -316,7 +316,7 @@ print((folder / "out" / "counts.csv").read_text())
 
 # %% [markdown]
 # ## Exercises
-# 1. Which threshold gives the smallest mean absolute count error over the 32 test images, with interior seeds?
+# 1. Which threshold gives the smallest mean absolute count error over the 32 test images, with the interior channel?
 #    Use `widgets.count_curve` on every image.
 # 2. Set `min_area=30`. How many true nuclei of the test images are smaller than that, and how does the count
 #    error change?
