@@ -38,6 +38,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "atomic_path",
     "atomic_write_bytes",
+    "NucleiDataset",
     "augment_batch",
     "bbbc039_names",
     "dataset_stats",
@@ -1618,6 +1619,58 @@ def augment_batch(
         gaussian = torch.randn(images.shape, generator=generator, device=generator.device).to(images.device)
         out.addcmul_(gaussian, sigmas)
     return out.clamp_(0, 1), targets
+
+
+class NucleiDataset(torch.utils.data.Dataset):
+    """A torch ``Dataset`` of image/target pairs, augmented on the fly with :func:`augment_batch`.
+
+    Sample ``i`` of epoch ``e`` is augmented with a generator seeded from ``(seed, e, i)``, so a run is
+    reproducible whatever the ``DataLoader`` order or number of workers; call :meth:`set_epoch` each epoch
+    for fresh augmentations. (``nucleilib.train.fit`` augments whole batches itself, which is faster on a
+    CPU; this class is for users who build their own training loop.)
+
+    Parameters
+    ----------
+    images : numpy.ndarray or torch.Tensor
+        (N, 1, H, W) float images in [0, 1], as :func:`load_npz` returns them.
+    targets : numpy.ndarray or torch.Tensor
+        (N, C, H, W) targets (masks, and optionally more channels).
+    augment : bool
+        Apply random symmetries (image and target alike) and intensity changes (image only).
+    seed : int
+        Seed of the augmentation.
+
+    Examples
+    --------
+    >>> images = torch.rand(3, 1, 8, 8); masks = (images > 0.5).float()
+    >>> dataset = NucleiDataset(images, masks, seed=1)
+    >>> image, mask = dataset[2]
+    >>> len(dataset), tuple(image.shape), bool(torch.equal(mask, dataset[2][1]))
+    (3, (1, 8, 8), True)
+    """
+
+    def __init__(self, images, targets, augment: bool = True, seed: int = 0):
+        self.images = torch.as_tensor(np.asarray(images, dtype=np.float32))
+        self.targets = torch.as_tensor(np.asarray(targets, dtype=np.float32))
+        if len(self.images) != len(self.targets) or self.images.shape[-2:] != self.targets.shape[-2:]:
+            raise ValueError(f"NucleiDataset: images {tuple(self.images.shape)} and targets "
+                             f"{tuple(self.targets.shape)} do not match")
+        self.augment, self.seed, self.epoch = augment, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the augmentations of ``epoch`` from now on."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, target = self.images[index : index + 1], self.targets[index : index + 1]
+        if self.augment:
+            state = np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1)[0]
+            generator = torch.Generator().manual_seed(int(state))
+            image, target = augment_batch(image, target, generator)
+        return image[0], target[0]
 
 
 def _touching_fraction(labels: np.ndarray) -> tuple[int, int]:

@@ -474,3 +474,28 @@ def test_dataset_stats_hand_checked() -> None:
     assert normalized["contrast"] == pytest.approx(stats["contrast"], abs=1e-4)
     empty = data.dataset_stats([np.zeros((8, 8))], [np.zeros((8, 8), int)])
     assert empty["nuclei_total"] == 0 and empty["touching_fraction"] == 0.0
+
+
+def test_nuclei_dataset_augments_image_and_mask_alike_and_reproducibly():
+    from nucleilib.data import NucleiDataset
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 1, 16, 16, generator=generator)
+    images[:, :, :4, :7] = 1.0  # an asymmetric bright corner, so every symmetry is visible
+    masks = (images > 0.99).float()
+    dataset = NucleiDataset(images, masks, seed=3)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=3, shuffle=False)
+    batches = list(loader)
+    assert [tuple(b[0].shape) for b in batches] == [(3, 1, 16, 16)] * 2
+    moved = 0
+    for i in range(len(dataset)):
+        image, mask = dataset[i]
+        # intensity changes keep the order of pixels, so the brightest region still lies under the mask
+        assert image[mask > 0].mean() > image[mask == 0].mean() + 0.2
+        assert torch.equal(dataset[i][1], mask)  # same epoch, same sample: same augmentation
+        moved += int(not torch.equal(mask, masks[i]))
+    assert moved >= 3  # most samples were flipped or rotated
+    dataset.set_epoch(1)
+    assert any(not torch.equal(dataset[i][1], NucleiDataset(images, masks, seed=3)[i][1]) for i in range(6))
+    plain = NucleiDataset(images, masks, augment=False)
+    assert torch.equal(plain[2][0], images[2])
