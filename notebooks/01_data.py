@@ -179,10 +179,10 @@ print("validation images:", val_idx[:8], "...")
 # %% [markdown]
 # Augmentation makes more training images out of each one: flips and 90-degree rotations move image and mask
 # together; brightness, contrast, gamma and noise change the image only. `NucleiDataset` is a torch `Dataset` that
-# does this on the fly (seeded); here six draws of the first image:
+# does this on the fly (seeded); here six draws of the second image:
 
 # %%
-dataset = data.NucleiDataset(np.repeat(images[:1], 6, axis=0), np.repeat(masks[:1], 6, axis=0), seed=0)
+dataset = data.NucleiDataset(np.repeat(images[1:2], 6, axis=0), np.repeat(masks[1:2], 6, axis=0), seed=0)
 pairs = [dataset[i] for i in range(6)]
 fig = viz.show_grid([image[0].numpy() for image, _ in pairs] + [mask[0].numpy() for _, mask in pairs],
                     ncols=6, size=1.8)
