@@ -47,6 +47,7 @@ __all__ = [
     "dsb2018_names",
     "import_bbbc039",
     "import_dsb2018",
+    "is_fluorescence",
     "import_pairs",
     "labels_to_mask",
     "load_npz",
@@ -713,12 +714,50 @@ def dsb2018_names(root: str | os.PathLike) -> list[str]:
     return sorted(child.name for child in base.iterdir() if (child / "images").is_dir())
 
 
-def read_dsb2018(root: str | os.PathLike, names: Iterable[str] | None = None, progress: bool = True) -> list[Sample]:
+def is_fluorescence(pixels: np.ndarray) -> bool:
+    """Whether an image looks like fluorescence: gray (equal colour channels) with a dark background.
+
+    The full 2018 Data Science Bowl archive mixes fluorescence with colour (H&E) and brightfield images;
+    a model of bright nuclei on a dark background should train only on the first kind. Gray means all
+    colour channels within 2 grey levels of each other; a dark background means the median pixel is not
+    brighter than the mean (bright nuclei on a dark field pull the mean up; a bright field pulls it down).
+
+    Parameters
+    ----------
+    pixels : numpy.ndarray
+        (H, W) or (H, W, C) image as stored (alpha, if any, last).
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> field = np.zeros((8, 8, 3), np.uint8); field[2:4, 2:4] = 200          # bright nucleus, dark field
+    >>> is_fluorescence(field), is_fluorescence(255 - field)                   # the same as brightfield
+    (True, False)
+    >>> stained = field.copy(); stained[..., 0] = 120                           # colour: not gray
+    >>> is_fluorescence(stained)
+    False
+    """
+    pixels = np.asarray(pixels)
+    if pixels.ndim == 3:
+        colour = pixels[..., :3].astype(np.int32) if pixels.shape[2] >= 3 else pixels[..., :1].astype(np.int32)
+        if np.abs(colour - colour[..., :1]).max() > 2:
+            return False
+        pixels = colour[..., 0]
+    return bool(np.median(pixels) <= np.mean(pixels))
+
+
+def read_dsb2018(
+    root: str | os.PathLike, names: Iterable[str] | None = None, progress: bool = True, fluorescence_only: bool = True
+) -> list[Sample]:
     """Read whole images and instance labels in the 2018 Data Science Bowl layout.
 
     Layout: ``<id>/images/<id>.png`` (RGBA, R = G = B) and ``<id>/masks/*.png``, one binary mask
     per nucleus. Mask ``k`` (sorted by file name) becomes label ``k + 1``; a mask is one nucleus
-    even when it has a stray pixel apart from the rest.
+    even when it has a stray pixel apart from the rest. The colour (H&E) and brightfield images of
+    the full archive are left out unless ``fluorescence_only=False`` (see :func:`is_fluorescence`).
 
     Parameters
     ----------
@@ -728,6 +767,8 @@ def read_dsb2018(root: str | os.PathLike, names: Iterable[str] | None = None, pr
         Image ids to read (default: all).
     progress : bool
         Show a progress bar.
+    fluorescence_only : bool
+        Skip images that are not fluorescence (colour or bright background).
 
     Returns
     -------
@@ -761,6 +802,8 @@ def read_dsb2018(root: str | os.PathLike, names: Iterable[str] | None = None, pr
             if len(found) != 1:
                 raise ValueError(f"{image_path}: file not found")
             image_path = found[0]
+        if fluorescence_only and not is_fluorescence(_read_file_array(image_path)):
+            continue
         image = read_image(image_path)
         labels = np.zeros(image.shape, np.int32)
         mask_folder = base / name / "masks"
