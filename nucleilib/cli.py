@@ -139,6 +139,19 @@ def _count(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from nucleilib import bench
+
+    results = bench.run_all(quick=args.quick, progress=not args.json)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        width = max(map(len, results))
+        for key, value in results.items():
+            print(f"{key:>{width}}  {value}")
+    return 0
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -224,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     count.add_argument("--min-area", type=int, default=None, help="smallest nucleus in pixels")
     count.add_argument("--no-split", action="store_true", help="do not split touching nuclei")
     count.add_argument("--channel", type=int, default=None, help="channel holding the nuclei in colour images")
+
+    bench = commands.add_parser("bench", help="measure this machine: matmul peak, training and inference speed")
+    bench.add_argument("--json", action="store_true", help="print JSON")
+    bench.add_argument("--quick", action="store_true", help="tiny sizes, to check the command runs (figures meaningless)")
     return parser
 
 
@@ -254,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "count":
             return _count(args)
+        if args.command == "bench":
+            return _bench(args)
     except (ValueError, OSError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

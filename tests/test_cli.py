@@ -16,7 +16,8 @@ import torch
 
 from nucleilib import cli, data, synth
 
-COMMANDS = ["make-data", "import-dsb2018", "import-bbbc039", "import-pairs", "download", "train", "evaluate", "count"]
+COMMANDS = ["make-data", "import-dsb2018", "import-bbbc039", "import-pairs", "download", "train", "evaluate", "count",
+            "bench"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -155,3 +156,12 @@ def test_import_pairs_split_parts_are_disjoint_and_cover_all(tmp_path):
         counts[part] = len(data.load_npz(out)[0])
     assert counts["train"] + counts["test"] == counts["all"] == 6
     assert counts["train"] > 0 and counts["test"] > 0
+
+
+def test_bench_quick_prints_every_named_figure(capsys):
+    assert cli.main(["bench", "--json", "--quick"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    for key in ("matmul_fp32_gflops", "train_speedup_vs_naive_fp32", "train_fraction_of_matmul_peak",
+                "infer_images_per_s", "infer_speedup_vs_naive_fp32", "infer_1024_s", "time_to_dice90_s"):
+        assert key in results
+    assert results["train_images_per_s"] > 0 and results["infer_images_per_s"] > 0
