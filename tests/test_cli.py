@@ -20,12 +20,7 @@ COMMANDS = ["make-data", "import-dsb2018", "import-bbbc039", "import-pairs", "do
             "bench"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

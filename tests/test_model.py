@@ -15,13 +15,7 @@ from nucleilib.model import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small models: one thread is fastest, and it keeps the tests quick on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("height, width", [(100, 130), (1, 1), (17, 5), (64, 64)])

@@ -31,13 +31,7 @@ def discs(n: int = 32, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.nd
     return np.clip(images, 0, 1).astype(np.float32)[:, None], labels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These models are tiny: one thread is fastest, and it keeps the tests quick on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
