@@ -41,6 +41,18 @@ def probabilities_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device a model's parameters live on (the CPU for a model without parameters).
+
+    Examples
+    --------
+    >>> model_device(nn.Conv2d(1, 1, 1)), model_device(nn.Identity())
+    (device(type='cpu'), device(type='cpu'))
+    """
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     """Two 3x3 convolutions, each followed by BatchNorm and ReLU (size-preserving).
 
@@ -397,6 +409,7 @@ __all__ = [
     "count_parameters",
     "describe_shapes",
     "fold_batchnorm",
+    "model_device",
     "pad_to_multiple",
     "probabilities_from_logits",
     "receptive_field",

@@ -25,12 +25,8 @@ from torch import nn
 
 from nucleilib.count import DEFAULT_MIN_AREA, labels_from_probabilities
 from nucleilib.data import normalize_image
-from nucleilib.model import probabilities_from_logits
+from nucleilib.model import model_device, probabilities_from_logits
 
-
-def _model_device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def _run(model: nn.Module, batch: torch.Tensor, device: torch.device) -> np.ndarray:
@@ -98,7 +94,7 @@ def predict_batch(
         raise ValueError(f"predict_batch: images must be (N, 1, H, W), got shape {tuple(images.shape)}")
     if batch_size < 1:
         raise ValueError(f"predict_batch: batch_size must be >= 1, got {batch_size}")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     with _EvalMode(model):
         parts = [_run(model, images[i : i + batch_size], device) for i in range(0, len(images), batch_size)]
     return np.concatenate(parts) if parts else np.zeros((0, 1) + tuple(images.shape[-2:]), np.float32)
@@ -234,7 +230,7 @@ def probabilities(
     tensor = torch.from_numpy(pixels)[None, None]
     if tile is None or (height <= tile and width <= tile):
         return predict_batch(model, tensor, batch_size=1, device=device)[0]
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     if not 0 <= overlap < tile:
         raise ValueError(f"probabilities: need 0 <= overlap < tile, got overlap={overlap}, tile={tile}")
     tile_h, tile_w = min(tile, height), min(tile, width)

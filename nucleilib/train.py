@@ -32,7 +32,7 @@ import torch
 
 from nucleilib.data import atomic_path, augment_batch, load_npz, split_indices
 from nucleilib.losses import bce_dice_loss, targets_from_labels
-from nucleilib.model import UNet, probabilities_from_logits
+from nucleilib.model import UNet, model_device, probabilities_from_logits
 
 CHECKPOINT_FORMAT = "nucleilib-unet"
 CHECKPOINT_VERSION = 1
@@ -191,9 +191,6 @@ def _as_tensor(array: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
         raise ValueError(f"{name}: expected an (N, C, H, W) array, got shape {tuple(tensor.shape)}")
     return tensor.detach().to("cpu", torch.float32)
 
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _memory_format(device: torch.device) -> torch.memory_format:
@@ -926,7 +923,7 @@ def train_from_npz(
         test = evaluate_pixels(model, images[test_index], targets[test_index, :1])
         metrics.update(test_dice=test["dice"], test_iou=test["iou"])
     metrics["seconds"] = round(time.perf_counter() - started, 1)
-    provenance.update(metrics=metrics, device=str(_model_device(model)))
+    provenance.update(metrics=metrics, device=str(model_device(model)))
     save_checkpoint(out, model, history=history, **info)
     return {"history": history, "metrics": metrics, "heads": list(heads), "out": str(out)}
 
