@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -16,6 +17,10 @@ from typing import Sequence
 
 def _command_line(argv: Sequence[str] | None) -> str:
     words = list(sys.argv[1:] if argv is None else argv)
+    world_size, per_node = int(os.environ.get("WORLD_SIZE", "1")), os.environ.get("LOCAL_WORLD_SIZE", "1")
+    if world_size > 1:  # started by torchrun
+        nodes = ["--nnodes", str(world_size // int(per_node))] if world_size != int(per_node) else []
+        return shlex.join(["torchrun", *nodes, "--nproc_per_node", per_node, "-m", "nucleilib", *words])
     return shlex.join(["python", "-m", "nucleilib", *words])
 
 
@@ -84,9 +89,11 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         depth=args.depth,
         batch_size=args.batch_size,
         command=_command_line(argv),
+        compile="auto" if args.compile is None else args.compile,
     )
-    print(json.dumps(result.get("metrics", {}), indent=2))
-    print(f"wrote {args.out}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only the first process reports
+        print(json.dumps(result.get("metrics", {}), indent=2))
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -213,7 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes")
     train.add_argument("--base", type=int, default=None, help="U-Net channels of the first level (default: preset)")
     train.add_argument("--depth", type=int, default=None, help="U-Net poolings (default: preset)")
-    train.add_argument("--batch-size", type=int, default=None, help="images per step (default: preset)")
+    train.add_argument("--batch-size", type=int, default=None,
+                       help="images per step, over all processes under torchrun (default: preset)")
+    train.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="train through torch.compile (default: on the CPU for runs of 400+ steps "
+                            "when a C++ compiler is there)")
 
     evaluate = commands.add_parser("evaluate", help="print JSON metrics of a model on annotated data")
     evaluate.add_argument("--data", required=True,

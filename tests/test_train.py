@@ -153,7 +153,8 @@ def test_failed_save_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
 def test_fit_lowers_the_loss_and_writes_best_and_last(tiny, tmp_path):
     out = tmp_path / "best.pt"
     history = run_fit(tiny, epochs=3, out=out)
-    assert set(history) == {"train_loss", "val_loss", "val_dice", "lr", "seconds", "stop_reason"}
+    assert set(history) == {"train_loss", "val_loss", "val_dice", "lr", "seconds", "stop_reason", "compiled"}
+    assert history["compiled"] is False  # a few steps: not worth compiling
     assert all(len(history[key]) == 3 for key in train.HISTORY_KEYS)
     assert history["train_loss"][-1] < history["train_loss"][0]
     assert min(history["val_loss"][1:]) < history["val_loss"][0]
@@ -251,6 +252,33 @@ def test_cpu_defaults():
     assert train.configure_cpu_threads() >= 1
     if not train.cpu_supports_bf16():
         assert isinstance(train._autocast(torch.device("cpu")), type(train.contextlib.nullcontext()))
+
+
+def test_should_compile_decides_by_device_steps_and_environment(monkeypatch):
+    monkeypatch.delenv(train.COMPILE_ENV, raising=False)
+    monkeypatch.setattr(train, "compile_available", lambda: True)
+    assert not train.should_compile("cpu", train.COMPILE_MIN_STEPS - 1)
+    assert train.should_compile("cpu", train.COMPILE_MIN_STEPS)
+    assert not train.should_compile("cpu", 10_000, world_size=2)
+    assert not train.should_compile("cuda", 10_000)
+    assert train.should_compile("cpu", 1, requested=True) and not train.should_compile("cpu", 10_000, requested=False)
+    monkeypatch.setenv(train.COMPILE_ENV, "1")
+    assert train.should_compile("cpu", 1)
+    monkeypatch.setenv(train.COMPILE_ENV, "0")
+    assert not train.should_compile("cpu", 10_000)
+    monkeypatch.delenv(train.COMPILE_ENV)
+    monkeypatch.setattr(train, "compile_available", lambda: False)
+    assert not train.should_compile("cpu", 10_000)
+
+
+@pytest.mark.skipif(not train.compile_available(), reason="no C++ compiler for torch.compile")
+def test_compiled_training_follows_the_eager_run(tiny):
+    # batch 10 of 24 images: two full (compiled) batches and a partial one that runs eagerly
+    eager = run_fit(tiny, seed=3, batch_size=10, compile=False)
+    compiled = run_fit(tiny, seed=3, batch_size=10, compile=True)
+    assert compiled["compiled"] and not eager["compiled"]
+    np.testing.assert_allclose(compiled["train_loss"], eager["train_loss"], rtol=1e-3)
+    np.testing.assert_allclose(compiled["val_loss"], eager["val_loss"], rtol=1e-3)
 
 
 # --- the train command ------------------------------------------------------------------------
