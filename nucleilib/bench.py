@@ -7,6 +7,8 @@ median of several repeats after a warm-up.
 
 from __future__ import annotations
 
+import contextlib
+import platform
 import statistics
 import time
 from typing import Callable
@@ -46,6 +48,42 @@ def median_seconds(work: Callable[[], object], repeats: int = 5, warmup: int = 1
         work()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def interleaved_median_seconds(works: dict[str, Callable[[], object]], repeats: int = 7,
+                               warmup: int = 1) -> dict[str, float]:
+    """Median wall time of each of several ``works``, timed in turns (a, b, a, b, ...).
+
+    On a shared, noisy machine the speed drifts over seconds; taking turns exposes every candidate to the
+    same drift, so that their ratios stay meaningful.
+
+    Parameters
+    ----------
+    works : dict
+        Name -> callable.
+    repeats, warmup : int
+        Timed and untimed rounds.
+
+    Returns
+    -------
+    dict
+        Name -> seconds.
+
+    Examples
+    --------
+    >>> sorted(interleaved_median_seconds({"a": lambda: None, "b": lambda: None}, repeats=2))
+    ['a', 'b']
+    """
+    for _ in range(warmup):
+        for work in works.values():
+            work()
+    times: dict[str, list[float]] = {name: [] for name in works}
+    for _ in range(repeats):
+        for name, work in works.items():
+            start = time.perf_counter()
+            work()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def matmul_gflops(dtype: torch.dtype = torch.float32, size: int = 1024, repeats: int = 5) -> float:
@@ -97,85 +135,93 @@ def _training_step(model: torch.nn.Module, images: torch.Tensor, targets: torch.
     optimizer.step()
 
 
-def train_step_throughput(
-    default: bool, base: int = 8, depth: int = 4, batch: int = 16, size: int = 128, repeats: int = 5
-) -> dict[str, float]:
-    """Images/s and GFLOP/s of one training step: the naive fp32 reference or the project's defaults.
+def training_step(mode: str, base: int = 8, depth: int = 4, batch: int = 16,
+                  size: int = 128) -> tuple[Callable[[], None], dict[str, float]]:
+    """One training step (forward, BCE + Dice loss, backward, Adam) as a callable: naive or the project's.
 
-    Naive: contiguous tensors, fp32, default settings. Default: what ``train.fit`` does (channels_last, and
-    bf16 autocast where the CPU supports it).
+    ``"naive"``: contiguous tensors, fp32, PyTorch's default settings. ``"eager"``: what ``train.fit`` does
+    for short runs (channels_last, and bf16 autocast where the CPU supports it). ``"compiled"``: the
+    same through ``torch.compile``, as ``train.fit`` does for long CPU runs (``train.should_compile``).
 
     Parameters
     ----------
-    default : bool
-        Measure the project's defaults (True) or the naive reference (False).
+    mode : str
+        ``"naive"``, ``"eager"`` or ``"compiled"``.
     base, depth, batch, size : int
         Model and batch shape.
-    repeats : int
-        Timed repeats (median).
 
     Returns
     -------
-    dict
-        ``images_per_s``, ``gflops`` (achieved) and ``gflop_per_image``.
+    tuple
+        ``(step, info)``: ``info`` has ``images`` (per step), ``flops`` (of the model's forward and
+        backward, torch's flop counter) and ``first_step_s`` (the first call: for ``"compiled"`` mostly
+        compilation, much faster once torch's on-disk cache holds the kernels).
 
     Examples
     --------
-    >>> sorted(train_step_throughput(False, base=2, depth=1, batch=2, size=16, repeats=1))
-    ['gflop_per_image', 'gflops', 'images_per_s']
+    >>> step, info = training_step("naive", base=2, depth=1, batch=2, size=16)
+    >>> step(); info["images"], info["flops"] > 0
+    (2, True)
     """
-    from nucleilib.train import _autocast, cpu_supports_bf16
+    from nucleilib.train import _autocast, compile_model
 
+    if mode not in ("naive", "eager", "compiled"):
+        raise ValueError(f"mode must be 'naive', 'eager' or 'compiled', got {mode!r}")
     torch.manual_seed(0)
     model = UNet(base=base, depth=depth)
     images = torch.rand(batch, 1, size, size)
     targets = (torch.rand(batch, 1, size, size) > 0.8).float()
-    if default:
+    flops = count_flops(lambda: bce_dice_loss(model(images), targets).backward())
+    if mode != "naive":
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    context = _autocast(torch.device("cpu")) if default and cpu_supports_bf16() else None
+    forward = compile_model(model) if mode == "compiled" else model
+    cpu = torch.device("cpu")
 
-    def step():
-        if context is None:
-            _training_step(model, images, targets, optimizer)
-        else:
-            with _autocast(torch.device("cpu")):
-                _training_step(model, images, targets, optimizer)
+    def step() -> None:
+        with _autocast(cpu) if mode != "naive" else contextlib.nullcontext():
+            logits = forward(images)
+        optimizer.zero_grad(set_to_none=True)
+        bce_dice_loss(logits.float(), targets).backward()
+        optimizer.step()
 
-    flops = count_flops(step)
-    seconds = median_seconds(step, repeats=repeats)
-    return {"images_per_s": batch / seconds, "gflops": flops / seconds / 1e9, "gflop_per_image": flops / batch / 1e9}
+    started = time.perf_counter()
+    step()
+    return step, {"images": batch, "flops": flops, "first_step_s": time.perf_counter() - started}
 
 
-def inference_throughput(
-    default: bool, base: int = 8, depth: int = 4, batch: int = 16, size: int = 128, repeats: int = 5
-) -> float:
-    """Images/s of inference: naive fp32 (``torch.no_grad``, contiguous) or the project's predictor settings
-    (batch norm folded, channels_last, ``torch.inference_mode``).
+def inference_step(default: bool, base: int = 8, depth: int = 4, batch: int = 16,
+                   size: int = 128) -> tuple[Callable[[], None], dict[str, float]]:
+    """One batch of inference as a callable: naive fp32 (``torch.no_grad``, contiguous) or the project's
+    predictor settings (batch norm folded, channels_last, ``torch.inference_mode``; fp32 on every machine,
+    so that counts do not depend on the CPU).
+
+    Returns
+    -------
+    tuple
+        ``(step, info)`` with ``images`` and ``flops`` per call.
 
     Examples
     --------
-    >>> inference_throughput(True, base=2, depth=1, batch=2, size=16, repeats=1) > 0
-    True
+    >>> step, info = inference_step(True, base=2, depth=1, batch=2, size=16)
+    >>> step(); info["images"]
+    2
     """
     torch.manual_seed(0)
     model = UNet(base=base, depth=depth).eval()
     images = torch.rand(batch, 1, size, size)
+    flops = count_flops(lambda: model(images))
     if default:
         model = fold_batchnorm(model).to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
+    context = torch.inference_mode if default else torch.no_grad
 
-        def run():
-            with torch.inference_mode():
-                model(images)
-    else:
+    def step() -> None:
+        with context():
+            model(images)
 
-        def run():
-            with torch.no_grad():
-                model(images)
-
-    return batch / median_seconds(run, repeats=repeats)
+    return step, {"images": batch, "flops": flops}
 
 
 def time_to_dice(target: float = 0.9, n_images: int = 400, seed: int = 0, max_epochs: int = 15,
@@ -207,7 +253,29 @@ def time_to_dice(target: float = 0.9, n_images: int = 400, seed: int = 0, max_ep
     return float(reached[0]) if reached else float("inf")
 
 
-def run_all(quick: bool = False, progress: bool = True) -> dict[str, float]:
+def machine() -> dict[str, object]:
+    """What the figures were measured on: CPU model, usable CPUs, threads, bf16 support, versions.
+
+    Examples
+    --------
+    >>> sorted(machine())
+    ['bf16_supported', 'cpu', 'cpus', 'python', 'threads', 'torch']
+    """
+    from nucleilib.train import available_cpus, cpu_supports_bf16
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpus": available_cpus(), "threads": torch.get_num_threads(),
+            "bf16_supported": cpu_supports_bf16(), "torch": str(torch.__version__), "python": platform.python_version()}
+
+
+def run_all(quick: bool = False, progress: bool = True) -> dict[str, object]:
     """Every figure of the ``bench`` command, measured in this one run.
 
     Parameters
@@ -220,37 +288,62 @@ def run_all(quick: bool = False, progress: bool = True) -> dict[str, float]:
     Returns
     -------
     dict
-        JSON-ready figures (see the README's performance table).
+        JSON-ready figures (see the README's performance table). ``train_images_per_s`` is the step
+        ``train.fit`` uses for a long run on this machine: compiled where ``train.should_compile`` says
+        so (``train_compiled``), else eager.
     """
-    from nucleilib.train import cpu_supports_bf16
+    from nucleilib.train import COMPILE_MIN_STEPS, configure_cpu_threads, cpu_supports_bf16, should_compile
 
-    sizes = dict(base=2, depth=1, batch=2, size=32, repeats=1) if quick else {}
-    steps: dict[str, Callable[[], object]] = {
-        "matmul_fp32_gflops": lambda: matmul_gflops(torch.float32, size=128 if quick else 1024),
-        "matmul_bf16_gflops": lambda: matmul_gflops(torch.bfloat16, size=128 if quick else 1024)
-        if cpu_supports_bf16() else None,
-        "train_naive": lambda: train_step_throughput(False, **sizes),
-        "train_default": lambda: train_step_throughput(True, **sizes),
-        "infer_naive_images_per_s": lambda: inference_throughput(False, **sizes),
-        "infer_images_per_s": lambda: inference_throughput(True, **sizes),
-        "infer_1024_s": lambda: _one_large_image(quick),
-        "time_to_dice90_s": lambda: time_to_dice(0.0 if quick else 0.9, n_images=20 if quick else 400,
-                                                 max_epochs=1 if quick else 15),
-    }
-    results: dict = {"bf16_supported": cpu_supports_bf16(), "threads": torch.get_num_threads()}
-    for name, step in steps.items():
+    configure_cpu_threads()
+    shape = dict(base=2, depth=1, batch=2, size=32) if quick else {}
+    repeats = 1 if quick else 9
+    compiled = should_compile("cpu", COMPILE_MIN_STEPS)
+
+    def say(name: str) -> None:
         if progress:
             print(f"bench: {name} ...", flush=True)
-        results[name] = step()
-    naive, default = results.pop("train_naive"), results.pop("train_default")
-    best_matmul = max(v for v in (results["matmul_fp32_gflops"], results["matmul_bf16_gflops"]) if v is not None)
+
+    results: dict = {"machine": machine()}
+    say("matmul peak")
+    results["matmul_fp32_gflops"] = matmul_gflops(torch.float32, size=128 if quick else 1024)
+    results["matmul_bf16_gflops"] = matmul_gflops(torch.bfloat16, size=128 if quick else 1024) \
+        if cpu_supports_bf16() else None
+    peak = max(v for v in (results["matmul_fp32_gflops"], results["matmul_bf16_gflops"]) if v is not None)
+
+    say("training steps (naive, eager" + (", compiled: compiling first)" if compiled else ")"))
+    modes = ["naive", "eager"] + (["compiled"] if compiled else [])
+    steps = {mode: training_step(mode, **shape) for mode in modes}
+    seconds = interleaved_median_seconds({mode: step for mode, (step, _) in steps.items()}, repeats=repeats)
+    info = steps["naive"][1]
+    speed = {mode: info["images"] / seconds[mode] for mode in modes}
+    best = "compiled" if compiled else "eager"
     results.update(
-        train_naive_images_per_s=naive["images_per_s"], train_images_per_s=default["images_per_s"],
-        train_naive_gflops=naive["gflops"], train_gflops=default["gflops"],
-        train_speedup_vs_naive_fp32=default["images_per_s"] / naive["images_per_s"],
-        train_fraction_of_matmul_peak=default["gflops"] / best_matmul,
-        infer_speedup_vs_naive_fp32=results["infer_images_per_s"] / results["infer_naive_images_per_s"],
+        train_gflop_per_image=info["flops"] / info["images"] / 1e9,
+        train_naive_images_per_s=speed["naive"], train_naive_gflops=info["flops"] / seconds["naive"] / 1e9,
+        train_eager_images_per_s=speed["eager"], train_compiled=compiled,
+        train_compile_s=steps["compiled"][1]["first_step_s"] if compiled else None,
+        train_images_per_s=speed[best], train_gflops=info["flops"] / seconds[best] / 1e9,
+        train_speedup_vs_naive_fp32=speed[best] / speed["naive"],
+        train_eager_speedup_vs_naive_fp32=speed["eager"] / speed["naive"],
+        train_fraction_of_matmul_peak=info["flops"] / seconds[best] / 1e9 / peak,
     )
+
+    say("inference (naive, default)")
+    naive, info = inference_step(False, **shape)
+    default, _ = inference_step(True, **shape)
+    seconds = interleaved_median_seconds({"naive": naive, "default": default}, repeats=repeats)
+    results.update(
+        infer_naive_images_per_s=info["images"] / seconds["naive"],
+        infer_images_per_s=info["images"] / seconds["default"],
+        infer_gflops=info["flops"] / seconds["default"] / 1e9,
+        infer_speedup_vs_naive_fp32=seconds["naive"] / seconds["default"],
+        infer_fraction_of_matmul_peak=info["flops"] / seconds["default"] / 1e9 / peak,
+    )
+    say("one 1024 x 1024 image")
+    results["infer_1024_s"] = _one_large_image(quick)
+    say("time to validation Dice 0.9 from scratch")
+    results["time_to_dice90_s"] = time_to_dice(0.0 if quick else 0.9, n_images=20 if quick else 400,
+                                               max_epochs=1 if quick else 15)
     return {key: (round(value, 4) if isinstance(value, float) else value) for key, value in results.items()}
 
 

@@ -153,6 +153,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
+        print("machine: " + ", ".join(f"{key} {value}" for key, value in results.pop("machine").items()))
         width = max(map(len, results))
         for key, value in results.items():
             print(f"{key:>{width}}  {value}")

@@ -9,9 +9,13 @@
   the image normalization, the output heads, the training history and its provenance.
 - :func:`train_from_npz`: what ``python -m nucleilib train`` runs.
 
-CPU defaults (measured on a 2-core AVX2 CPU): the ``channels_last`` memory format (about 15-40 %
+CPU defaults (measured on a 2-core AVX2 CPU): the ``channels_last`` memory format (about 5-40 %
 faster for these convolutions), one thread per available core, float32 (bfloat16 autocast only
-when the CPU has native bf16). On a GPU: CUDA mixed precision.
+when the CPU has native bf16), and ``torch.compile`` for runs long enough to repay its compilation
+(:func:`should_compile`; ~1.3-1.5x per step, mostly by fusing batch norm). On a GPU: CUDA mixed precision.
+
+Several processes: ``torchrun --nproc_per_node N -m nucleilib train ...`` trains with
+``DistributedDataParallel`` (NCCL on GPUs, gloo on the CPU); see :func:`distributed_session` and :func:`fit`.
 """
 
 from __future__ import annotations

@@ -157,6 +157,9 @@ def test_bench_quick_prints_every_named_figure(capsys):
     assert cli.main(["bench", "--json", "--quick"]) == 0
     results = json.loads(capsys.readouterr().out)
     for key in ("matmul_fp32_gflops", "train_speedup_vs_naive_fp32", "train_fraction_of_matmul_peak",
-                "infer_images_per_s", "infer_speedup_vs_naive_fp32", "infer_1024_s", "time_to_dice90_s"):
+                "infer_images_per_s", "infer_speedup_vs_naive_fp32", "infer_1024_s", "time_to_dice90_s",
+                "train_eager_images_per_s", "train_compiled", "infer_fraction_of_matmul_peak"):
         assert key in results
+    assert results["machine"]["cpus"] >= 1 and results["machine"]["torch"] == torch.__version__
+    assert results["train_compiled"] == (results["train_compile_s"] is not None)
     assert results["train_images_per_s"] > 0 and results["infer_images_per_s"] > 0
