@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=None,
                        help="images per step, over all processes under torchrun (default: preset)")
     train.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                       help="train through torch.compile (default: on the CPU for runs of 400+ steps "
+                       help="train through torch.compile (default: on the CPU for runs of 1000+ steps "
                             "when a C++ compiler is there)")
 
     evaluate = commands.add_parser("evaluate", help="print JSON metrics of a model on annotated data")
