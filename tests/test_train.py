@@ -277,8 +277,9 @@ def test_compiled_training_follows_the_eager_run(tiny):
     eager = run_fit(tiny, seed=3, batch_size=10, compile=False)
     compiled = run_fit(tiny, seed=3, batch_size=10, compile=True)
     assert compiled["compiled"] and not eager["compiled"]
-    np.testing.assert_allclose(compiled["train_loss"], eager["train_loss"], rtol=1e-3)
-    np.testing.assert_allclose(compiled["val_loss"], eager["val_loss"], rtol=1e-3)
+    rtol = 2e-2 if train.cpu_supports_bf16() else 1e-3  # bf16 autocast: compiled kernels round differently
+    np.testing.assert_allclose(compiled["train_loss"], eager["train_loss"], rtol=rtol)
+    np.testing.assert_allclose(compiled["val_loss"], eager["val_loss"], rtol=rtol)
 
 
 # --- the train command ------------------------------------------------------------------------
