@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from nucleilib.losses import bce_dice_loss
-from nucleilib.model import UNet, fold_batchnorm
+from nucleilib.model import UNet, probabilities_from_logits
 
 
 def median_seconds(work: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
@@ -193,14 +193,14 @@ def training_step(mode: str, base: int = 8, depth: int = 4, batch: int = 16,
 
 def inference_step(default: bool, base: int = 8, depth: int = 4, batch: int = 16,
                    size: int = 128) -> tuple[Callable[[], None], dict[str, float]]:
-    """One batch of inference as a callable: naive fp32 (``torch.no_grad``, contiguous) or the project's
-    predictor settings (batch norm folded, channels_last, ``torch.inference_mode``; fp32 on every machine,
-    so that counts do not depend on the CPU).
+    """One batch of probabilities as a callable: naive fp32 (``torch.no_grad``, contiguous, the model as
+    trained) or the project's predictor, ``predict.predict_batch`` (batch norm folded, channels_last,
+    ``torch.inference_mode``; fp32 on every machine, so that counts do not depend on the CPU).
 
     Returns
     -------
     tuple
-        ``(step, info)`` with ``images`` and ``flops`` per call.
+        ``(step, info)`` with ``images`` and ``flops`` (of the unfolded model) per call.
 
     Examples
     --------
@@ -208,20 +208,21 @@ def inference_step(default: bool, base: int = 8, depth: int = 4, batch: int = 16
     >>> step(); info["images"]
     2
     """
+    from nucleilib.predict import predict_batch
+
     torch.manual_seed(0)
     model = UNet(base=base, depth=depth).eval()
     images = torch.rand(batch, 1, size, size)
     flops = count_flops(lambda: model(images))
-    if default:
-        model = fold_batchnorm(model).to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
-    context = torch.inference_mode if default else torch.no_grad
 
-    def step() -> None:
-        with context():
-            model(images)
+    def naive() -> None:
+        with torch.no_grad():
+            probabilities_from_logits(model(images)).numpy()
 
-    return step, {"images": batch, "flops": flops}
+    def default_step() -> None:
+        predict_batch(model, images, batch_size=batch)
+
+    return (default_step if default else naive), {"images": batch, "flops": flops}
 
 
 def time_to_dice(target: float = 0.9, n_images: int = 400, seed: int = 0, max_epochs: int = 15,
