@@ -689,6 +689,7 @@ def _run_epoch(model, net, order, images, targets, loss, optimizer, scaler, gene
     """
     model.train()
     augment_fn = augment_batch if augment else None
+    distributed = world()[1] > 1
     total, seen = 0.0, 0
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
@@ -699,7 +700,7 @@ def _run_epoch(model, net, order, images, targets, loss, optimizer, scaler, gene
         x = x.to(device).contiguous(memory_format=memory_format)
         y = y.to(device).contiguous(memory_format=memory_format)
         optimizer.zero_grad(set_to_none=True)
-        forward = net if len(index) == batch_size or world()[1] > 1 else model
+        forward = net if len(index) == batch_size or distributed else model
         with _autocast(device):
             logits = forward(x)
         value = loss(logits.float(), y)
@@ -1096,70 +1097,63 @@ def train_from_npz(
     """
     if preset not in TRAIN_PRESETS:
         raise ValueError(f"preset must be one of {sorted(TRAIN_PRESETS)}, got {preset!r}")
-    with distributed_session() as process_device:
-        return _train_from_npz(data_path, out, epochs, lr, seed, preset, heads, base, depth, batch_size, max_minutes,
-                               command, extra_data, max_images, data_description, progress,
-                               device if process_device is None else process_device, compile)
+    with distributed_session() as process_device:  # under torchrun: join the process group, leave at the end
+        device = device if process_device is None else process_device
+        rank, world_size = world()
+        settings = dict(TRAIN_PRESETS[preset])
+        overrides = {"epochs": epochs, "base": base, "depth": depth, "batch_size": batch_size,
+                     "max_minutes": max_minutes, "max_images": max_images}
+        settings.update({key: value for key, value in overrides.items() if value is not None})
+        paths = [Path(data_path)] if isinstance(data_path, (str, Path)) else [Path(p) for p in data_path]
+        paths += [Path(p) for p in extra_data]
+        started = time.perf_counter()
 
+        images, targets, heads, described = _load_training_data(paths, heads)
+        if settings["max_images"] is not None and len(images) > settings["max_images"]:
+            keep = np.sort(np.random.default_rng(seed).permutation(len(images))[: settings["max_images"]])
+            images, targets = images[keep], targets[keep]
+        train_index, val_index, test_index = (np.asarray(part) for part in split_indices(len(images), seed=seed))
+        if len(train_index) == 0 or len(val_index) == 0:
+            raise ValueError(f"{paths[0]}: too few images ({len(images)}) to split into training and validation")
 
-def _train_from_npz(data_path, out, epochs, lr, seed, preset, heads, base, depth, batch_size, max_minutes, command,
-                    extra_data, max_images, data_description, progress, device, compile) -> dict:
-    """:func:`train_from_npz` inside its (possibly distributed) session."""
-    rank, world_size = world()
-    settings = dict(TRAIN_PRESETS[preset])
-    overrides = {"epochs": epochs, "base": base, "depth": depth, "batch_size": batch_size,
-                 "max_minutes": max_minutes, "max_images": max_images}
-    settings.update({key: value for key, value in overrides.items() if value is not None})
-    paths = [Path(data_path)] if isinstance(data_path, (str, Path)) else [Path(p) for p in data_path]
-    paths += [Path(p) for p in extra_data]
-    started = time.perf_counter()
-
-    images, targets, heads, described = _load_training_data(paths, heads)
-    if settings["max_images"] is not None and len(images) > settings["max_images"]:
-        keep = np.sort(np.random.default_rng(seed).permutation(len(images))[: settings["max_images"]])
-        images, targets = images[keep], targets[keep]
-    train_index, val_index, test_index = (np.asarray(part) for part in split_indices(len(images), seed=seed))
-    if len(train_index) == 0 or len(val_index) == 0:
-        raise ValueError(f"{paths[0]}: too few images ({len(images)}) to split into training and validation")
-
-    torch.manual_seed(seed)
-    model = UNet(in_channels=1, out_channels=len(heads), base=settings["base"], depth=settings["depth"])
-    provenance = {
-        "command": command or f"train_from_npz({', '.join(map(str, paths))!r}, {str(out)!r}, preset={preset!r})",
-        "preset": preset,
-        "seed": int(seed),
-        "lr": float(lr),
-        "epochs": int(settings["epochs"]),
-        "batch_size": int(settings["batch_size"]),
-        "max_minutes": settings["max_minutes"],
-        "data": described,
-        "data_description": data_description or "",
-        "split": {"train": len(train_index), "val": len(val_index), "test": len(test_index), "seed": int(seed)},
-        "processes": world_size,
-        "nucleilib_version": _library_version(),
-        "torch_version": str(torch.__version__),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    info = {"provenance": provenance, "normalization": DEFAULT_NORMALIZATION, "heads": list(heads)}
-    history = fit(
-        model,
-        images[train_index], targets[train_index], images[val_index], targets[val_index],
-        epochs=settings["epochs"], lr=lr, batch_size=settings["batch_size"], seed=seed, out=out,
-        max_minutes=settings["max_minutes"], progress=progress and rank == 0, device=device, checkpoint_info=info,
-        compile=compile,
-    )
-    best = int(np.argmin(history["val_loss"])) if history["val_loss"] else 0
-    metrics = {"epochs_run": len(history["val_loss"]), "best_epoch": best + 1, "stop_reason": history["stop_reason"]}
-    if history["val_dice"]:
-        metrics["val_dice"] = history["val_dice"][best]
-    if len(test_index) and rank == 0:
-        test = evaluate_pixels(model, images[test_index], targets[test_index, :1])
-        metrics.update(test_dice=test["dice"], test_iou=test["iou"])
-    metrics["seconds"] = round(time.perf_counter() - started, 1)
-    provenance.update(metrics=metrics, device=str(model_device(model)), compiled=history["compiled"])
-    if rank == 0:
-        save_checkpoint(out, model, history=history, **info)
-    return {"history": history, "metrics": metrics, "heads": list(heads), "out": str(out)}
+        torch.manual_seed(seed)
+        model = UNet(in_channels=1, out_channels=len(heads), base=settings["base"], depth=settings["depth"])
+        provenance = {
+            "command": command or f"train_from_npz({', '.join(map(str, paths))!r}, {str(out)!r}, preset={preset!r})",
+            "preset": preset,
+            "seed": int(seed),
+            "lr": float(lr),
+            "epochs": int(settings["epochs"]),
+            "batch_size": int(settings["batch_size"]),
+            "max_minutes": settings["max_minutes"],
+            "data": described,
+            "data_description": data_description or "",
+            "split": {"train": len(train_index), "val": len(val_index), "test": len(test_index), "seed": int(seed)},
+            "processes": world_size,
+            "nucleilib_version": _library_version(),
+            "torch_version": str(torch.__version__),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        info = {"provenance": provenance, "normalization": DEFAULT_NORMALIZATION, "heads": list(heads)}
+        history = fit(
+            model,
+            images[train_index], targets[train_index], images[val_index], targets[val_index],
+            epochs=settings["epochs"], lr=lr, batch_size=settings["batch_size"], seed=seed, out=out,
+            max_minutes=settings["max_minutes"], progress=progress and rank == 0, device=device, checkpoint_info=info,
+            compile=compile,
+        )
+        best = int(np.argmin(history["val_loss"])) if history["val_loss"] else 0
+        metrics = {"epochs_run": len(history["val_loss"]), "best_epoch": best + 1, "stop_reason": history["stop_reason"]}
+        if history["val_dice"]:
+            metrics["val_dice"] = history["val_dice"][best]
+        if len(test_index) and rank == 0:
+            test = evaluate_pixels(model, images[test_index], targets[test_index, :1])
+            metrics.update(test_dice=test["dice"], test_iou=test["iou"])
+        metrics["seconds"] = round(time.perf_counter() - started, 1)
+        provenance.update(metrics=metrics, device=str(model_device(model)), compiled=history["compiled"])
+        if rank == 0:
+            save_checkpoint(out, model, history=history, **info)
+        return {"history": history, "metrics": metrics, "heads": list(heads), "out": str(out)}
 
 
 def _library_version() -> str:
