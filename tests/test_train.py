@@ -254,6 +254,20 @@ def test_cpu_defaults():
         assert isinstance(train._autocast(torch.device("cpu")), type(train.contextlib.nullcontext()))
 
 
+def test_bf16_autocast_path_trains_like_float32(tiny, monkeypatch, tmp_path):
+    # The development CPUs have no bf16, so force the path a bf16 CPU takes (emulated here, slowly): autocast
+    # in the forward pass, the loss in float32, the weights and the checkpoint in float32.
+    reference = run_fit(tiny, seed=4, epochs=2)
+    monkeypatch.setattr(train, "cpu_supports_bf16", lambda: True)
+    assert train._autocast(torch.device("cpu")).fast_dtype == torch.bfloat16
+    out = tmp_path / "bf16.pt"
+    history = run_fit(tiny, seed=4, epochs=2, out=out)
+    np.testing.assert_allclose(history["train_loss"], reference["train_loss"], rtol=2e-2)
+    np.testing.assert_allclose(history["val_loss"], reference["val_loss"], rtol=2e-2)
+    model, _ = load_model(out)
+    assert {tensor.dtype for tensor in model.state_dict().values() if tensor.is_floating_point()} == {torch.float32}
+
+
 def test_should_compile_decides_by_device_steps_and_environment(monkeypatch):
     monkeypatch.delenv(train.COMPILE_ENV, raising=False)
     monkeypatch.setattr(train, "compile_available", lambda: True)
