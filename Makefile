@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make run   - set up .venv, then execute every chapter on the built-in data (outputs + figures/)
-#   make test  - set up .venv, then run the unit tests and execute every chapter with nbval (fast preset)
+#   make test  - set up .venv, then run the unit tests and execute every chapter with nbval (fast preset);
+#                its figures go to .test-figures/, so figures/ keeps those of make run
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -29,7 +30,7 @@ run: $(STAMP)
 	@echo "Open them with: $(BIN)/jupyter lab notebooks/"
 
 test: $(STAMP)
-	NUCLEILIB_FAST=1 MPLBACKEND=Agg $(BIN)/python -m pytest --nbval-lax tests nucleilib notebooks
+	NUCLEILIB_FAST=1 NUCLEILIB_FIGURES=$(CURDIR)/.test-figures MPLBACKEND=Agg $(BIN)/python -m pytest --nbval-lax tests nucleilib notebooks
 
 clean-venv:
 	rm -rf $(VENV)
