@@ -27,7 +27,9 @@ def figures_dir() -> Path:
 
     Examples
     --------
-    >>> figures_dir().name
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"NUCLEILIB_FIGURES": ""}):  # no override
+    ...     figures_dir().name
     'figures'
     """
     override = os.environ.get("NUCLEILIB_FIGURES")
@@ -61,10 +63,12 @@ def save_figure(figure: "matplotlib.figure.Figure", name: str, dpi: int = 110) -
     Examples
     --------
     >>> import matplotlib.pyplot as plt, tempfile
-    >>> os.environ["NUCLEILIB_FIGURES"] = tempfile.mkdtemp()
-    >>> fig = plt.figure(); Path(save_figure(fig, "demo.png")).name
+    >>> from unittest import mock
+    >>> fig = plt.figure()
+    >>> with mock.patch.dict(os.environ, {"NUCLEILIB_FIGURES": tempfile.mkdtemp()}):  # restored afterwards
+    ...     Path(save_figure(fig, "demo.png")).name
     'demo.png'
-    >>> del os.environ["NUCLEILIB_FIGURES"]; plt.close(fig)
+    >>> plt.close(fig)
     """
     from nucleilib.data import atomic_path, project_root
 
