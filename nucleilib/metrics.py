@@ -30,6 +30,40 @@ def _check_same_shape(a: np.ndarray, b: np.ndarray, what: str) -> None:
         raise ValueError(f"{what}: shapes differ, {a.shape} vs {b.shape}")
 
 
+def overlap_scores(intersection: float, pred_area: float, true_area: float) -> tuple[float, float]:
+    """Dice 2|A∩B| / (|A|+|B|) and IoU |A∩B| / |A∪B| from the three areas; both 1.0 when A and B are empty.
+
+    The one place where pixel Dice and IoU are computed: :func:`dice`, :func:`iou` and the validation
+    pass of training (which sums the areas over batches) all call it.
+
+    Parameters
+    ----------
+    intersection, pred_area, true_area : float
+        |A∩B|, |A| and |B| in pixels (sums over any number of images).
+
+    Returns
+    -------
+    tuple of float
+        ``(dice, iou)``.
+
+    Examples
+    --------
+    >>> overlap_scores(2, 4, 2)     # 2*2 / (4+2), 2 / (4+2-2)
+    (0.6666666666666666, 0.5)
+    >>> overlap_scores(0, 0, 0)
+    (1.0, 1.0)
+    """
+    if pred_area + true_area == 0:
+        return 1.0, 1.0
+    return 2.0 * intersection / (pred_area + true_area), intersection / (pred_area + true_area - intersection)
+
+
+def _areas(pred_mask: np.ndarray, true_mask: np.ndarray, what: str) -> tuple[int, int, int]:
+    pred, true = np.asarray(pred_mask) != 0, np.asarray(true_mask) != 0
+    _check_same_shape(pred, true, what)
+    return int((pred & true).sum()), int(pred.sum()), int(true.sum())
+
+
 def dice(pred_mask: np.ndarray, true_mask: np.ndarray) -> float:
     """Dice coefficient 2|A∩B| / (|A|+|B|) of two binary masks (nonzero = foreground).
 
@@ -57,10 +91,7 @@ def dice(pred_mask: np.ndarray, true_mask: np.ndarray) -> float:
     >>> dice(np.zeros((2, 2)), np.zeros((2, 2)))
     1.0
     """
-    pred, true = np.asarray(pred_mask) != 0, np.asarray(true_mask) != 0
-    _check_same_shape(pred, true, "dice")
-    total = int(pred.sum()) + int(true.sum())
-    return 1.0 if total == 0 else 2.0 * int((pred & true).sum()) / total
+    return overlap_scores(*_areas(pred_mask, true_mask, "dice"))[0]
 
 
 def iou(pred_mask: np.ndarray, true_mask: np.ndarray) -> float:
@@ -88,10 +119,7 @@ def iou(pred_mask: np.ndarray, true_mask: np.ndarray) -> float:
     >>> iou(a, b)                                     # 2 / 6
     0.3333333333333333
     """
-    pred, true = np.asarray(pred_mask) != 0, np.asarray(true_mask) != 0
-    _check_same_shape(pred, true, "iou")
-    union = int((pred | true).sum())
-    return 1.0 if union == 0 else int((pred & true).sum()) / union
+    return overlap_scores(*_areas(pred_mask, true_mask, "iou"))[1]
 
 
 def iou_matrix(true_labels: np.ndarray, pred_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

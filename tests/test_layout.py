@@ -20,7 +20,7 @@ MODULES = sorted(p for p in PACKAGE.glob("*.py"))
 # Bottom to top: a module may import only modules listed before it.
 LAYERS = [
     "presets", "io", "synth", "data", "datasets", "metrics", "augment", "model", "losses", "checkpoint",
-    "runtime", "train", "predict", "count", "evaluate", "viz", "widgets", "bench", "cli", "__main__", "__init__",
+    "runtime", "predict", "train", "count", "evaluate", "viz", "widgets", "bench", "cli", "__main__", "__init__",
 ]
 # Modules a user can import without PyTorch (count.py is what `count` post-processing needs).
 NUMPY_ONLY = ["presets", "io", "synth", "data", "datasets", "metrics", "count"]
