@@ -24,13 +24,12 @@
 # First the result: one synthetic fluorescence image with exact ground truth, and its nuclei counted with
 # `cv2.connectedComponents`. The rest of the chapter looks at where such images come from.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 import numpy as np
-from nucleilib import count, synth
+from nucleilib import data, synth
 
 image, labels = synth.make_image(np.random.default_rng(8), size=128)
-n_blobs, _ = count.label_components(labels > 0, connectivity=8)
+n_blobs, _ = data.label_components(labels > 0, connectivity=8)
 print(f"image {image.shape} {image.dtype}: {labels.max()} nuclei in the labels, "
       f"{n_blobs} connected blobs in the mask")
 
@@ -39,7 +38,7 @@ print(f"image {image.shape} {image.dtype}: {labels.max()} nuclei in the labels, 
 # the subject of chapter 05. Here is the image with the outline of every true nucleus.
 
 # %%
-from nucleilib import data, viz
+from nucleilib import augment, datasets, io, viz
 
 fig = viz.show_grid([data.normalize_image(image), data.normalize_image(image)], [None, labels],
                     titles=["image", "true nuclei"], ncols=2, size=3.2)
@@ -62,7 +61,7 @@ print(preset_name(), settings)
 # --out data/nuclei.npz`. In a notebook, `builtin_dataset` makes it once and loads it from `data/` afterwards.
 
 # %%
-images, masks, labels = data.builtin_dataset(n=settings["n_images"], size=128, seed=0)
+images, masks, labels = datasets.builtin_dataset(n=settings["n_images"], size=128, seed=0)
 print("images", images.shape, images.dtype, f"[{images.min():.2f}, {images.max():.2f}]")
 print("masks ", masks.shape, masks.dtype, np.unique(masks))
 print("labels", labels.shape, labels.dtype)
@@ -87,15 +86,14 @@ viz.save_figure(fig, "01_grid.png")
 # `load_npz` checks every key before anything is used, and never unpickles. A file whose masks have three
 # levels, for example:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 import tempfile
 from pathlib import Path
 
 bad = Path(tempfile.mkdtemp()) / "three_levels.npz"
 np.savez(bad, images=np.zeros((2, 8, 8)), masks=np.array([0, 1, 2] * 42 + [0, 0]).reshape(2, 8, 8))
 try:
-    data.load_npz(bad)
+    io.load_npz(bad)
 except ValueError as error:
     print(str(error).replace(str(bad.parent), "..."))
 
@@ -114,8 +112,7 @@ print(raw12.dtype, raw12.min(), raw12.max())
 # Three ways to bring it to [0, 1]: divide by 255 (the 8-bit habit), divide by 65535 (the 16-bit maximum), and
 # the per-image percentile normalization that `nucleilib` uses (1st and 99.8th percentiles mapped to 0 and 1).
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 candidates = {
     "/ 255": np.clip(raw12 / 255, 0, 1),
     "/ 65535": raw12 / 65535,
@@ -182,7 +179,7 @@ print("validation images:", val_idx[:8], "...")
 # does this on the fly (seeded); here six draws of the second image:
 
 # %%
-dataset = data.NucleiDataset(np.repeat(images[1:2], 6, axis=0), np.repeat(masks[1:2], 6, axis=0), seed=0)
+dataset = augment.NucleiDataset(np.repeat(images[1:2], 6, axis=0), np.repeat(masks[1:2], 6, axis=0), seed=0)
 pairs = [dataset[i] for i in range(6)]
 fig = viz.show_grid([image[0].numpy() for image, _ in pairs] + [mask[0].numpy() for _, mask in pairs],
                     ncols=6, size=1.8)
@@ -212,7 +209,7 @@ folder = Path(tempfile.mkdtemp())
 for i in range(2):
     cv2.imwrite(str(folder / "images" / f"field{i}.png"), (images[i, 0] * 255).astype(np.uint8))
     cv2.imwrite(str(folder / "labels" / f"field{i}.png"), labels[i].astype(np.uint16))
-summary = data.import_pairs(folder / "images", folder / "labels", folder / "mine.npz", size=64, progress=False)
+summary = datasets.import_pairs(folder / "images", folder / "labels", folder / "mine.npz", size=64, progress=False)
 print({key: summary[key] for key in ("images", "tiles", "nuclei")})
 
 # %% [markdown]
@@ -231,12 +228,12 @@ print({key: summary[key] for key in ("images", "tiles", "nuclei")})
 # 2. Normalize `raw12` with the 0th and 100th percentiles instead of 1 and 99.8. What happens when one hot pixel
 #    (say 4095) is added to the image?
 
-# %% tags=["solution"]
+# %% jupyter={"outputs_hidden": true, "source_hidden": true} tags=["solution", "hide-cell"]
 image_1, labels_1 = synth.make_image(np.random.default_rng(2024), size=128)
-blobs, _ = count.label_components(labels_1 > 0)
+blobs, _ = data.label_components(labels_1 > 0)
 print(labels_1.max(), "nuclei,", blobs, "blobs: touching nuclei form one blob")
 
-# %% tags=["solution"]
+# %% jupyter={"outputs_hidden": true, "source_hidden": true} tags=["solution", "hide-cell"]
 hot = raw12.copy()
 hot[0, 0] = 4095
 for low, high in [(0, 100), (1, 99.8)]:

@@ -23,13 +23,12 @@
 # First the result we are after: the shipped model's pixel Dice on synthetic images it has never seen (Dice is
 # 1 for a perfect mask, 0 for no overlap).
 
-# %%
-# NBVAL_CHECK_OUTPUT
-from nucleilib import data, synth, train
+# %% tags=["nbval-check-output"]
+from nucleilib import checkpoint, data, datasets, synth, train
 
 test_set = synth.make_dataset(n=16, size=128, seed=2024)
 test_images = data.normalize_batch(test_set["images"])[:, None]
-shipped, shipped_info = train.load_model()
+shipped, shipped_info = checkpoint.load_model()
 scores = train.evaluate_pixels(shipped, test_images, test_set["masks"][:, None])
 print(f"shipped model on 16 unseen images: Dice {scores['dice']:.2f}, IoU {scores['iou']:.2f}")
 
@@ -44,7 +43,7 @@ print(f"shipped model on 16 unseen images: Dice {scores['dice']:.2f}, IoU {score
 from nucleilib.presets import preset, preset_name
 
 settings = preset()
-images, masks, labels = data.builtin_dataset(n=settings["n_images"], seed=0)
+images, masks, labels = datasets.builtin_dataset(n=settings["n_images"], seed=0)
 train_idx, val_idx, test_idx = data.split_indices(len(images), seed=0)
 print(preset_name(), settings, "->", len(train_idx), "training and", len(val_idx), "validation images")
 
@@ -67,8 +66,7 @@ print(f"{model.count_parameters(net):,} parameters")
 # place only. Checked at once on a hand-worked case: confident, correct logits give a loss near zero, and
 # logits of zero (probability 0.5 everywhere) a large one.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 from nucleilib import losses
 
 target = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
@@ -83,12 +81,13 @@ for name, logits in [("confident and right", (target * 2 - 1) * 10), ("undecided
 # without improvement, augments every batch, and writes the best checkpoint atomically after each improvement.
 
 # %%
-from nucleilib.data import project_root
+from nucleilib.io import project_root
 
-checkpoint = project_root() / "data" / "chapter03_unet.pt"
-history = train.fit(net, images[train_idx], masks[train_idx], images[val_idx], masks[val_idx],
-                    epochs=settings["epochs"], lr=1e-3, batch_size=16, seed=0,
-                    max_minutes=settings["max_minutes"], out=checkpoint)
+checkpoint_path = project_root() / "data" / "chapter03_unet.pt"
+recipe = train.TrainSettings(epochs=settings["epochs"], lr=1e-3, batch_size=16, seed=0,
+                             max_minutes=settings["max_minutes"])
+history = train.fit(net, (images[train_idx], masks[train_idx]), (images[val_idx], masks[val_idx]), recipe,
+                    out=checkpoint_path)
 print(f"{len(history['val_loss'])} epochs, stopped by: {history['stop_reason']}, "
       f"best validation Dice {max(history['val_dice']):.3f}")
 
@@ -127,7 +126,7 @@ viz.save_figure(fig, "03_predictions.png")
 # runs code. It carries the model's configuration, the normalization, the history and the provenance.
 
 # %%
-reloaded, info = train.load_model(checkpoint)
+reloaded, info = checkpoint.load_model(checkpoint_path)
 print(sorted(info))
 print(info["config"], info["normalization"])
 
@@ -175,18 +174,19 @@ print(shipped_info["provenance"]["metrics"])
 #    worse, and why?
 # 2. Train with `loss=losses.bce_loss` only. Which images suffer most?
 
-# %% tags=["solution"]
+# %% jupyter={"outputs_hidden": true, "source_hidden": true} tags=["solution", "hide-cell"]
 torch.manual_seed(0)
 plain = model.UNet(base=8, depth=4)
-plain_history = train.fit(plain, images[train_idx], masks[train_idx], images[val_idx], masks[val_idx],
-                          epochs=min(settings["epochs"], 5), augment=False, max_minutes=settings["max_minutes"],
-                          progress=False)
+no_augment = train.TrainSettings(epochs=min(settings["epochs"], 5), augment=False,
+                                 max_minutes=settings["max_minutes"])
+plain_history = train.fit(plain, (images[train_idx], masks[train_idx]), (images[val_idx], masks[val_idx]),
+                          no_augment, progress=False)
 print(f"without augmentation: best validation Dice {max(plain_history['val_dice']):.3f}")
 
-# %% tags=["solution"]
+# %% jupyter={"outputs_hidden": true, "source_hidden": true} tags=["solution", "hide-cell"]
 torch.manual_seed(0)
 bce_only = model.UNet(base=8, depth=4)
-bce_history = train.fit(bce_only, images[train_idx], masks[train_idx], images[val_idx], masks[val_idx],
-                        epochs=min(settings["epochs"], 5), loss=losses.bce_loss, max_minutes=settings["max_minutes"],
-                        progress=False)
+short = train.TrainSettings(epochs=min(settings["epochs"], 5), max_minutes=settings["max_minutes"])
+bce_history = train.fit(bce_only, (images[train_idx], masks[train_idx]), (images[val_idx], masks[val_idx]),
+                        short, loss=losses.bce_loss, progress=False)
 print(f"BCE only: best validation Dice {max(bce_history['val_dice']):.3f}")

@@ -28,13 +28,13 @@
 
 # %%
 import numpy as np
-from nucleilib import count, data, predict, synth, train
+from nucleilib import checkpoint, count, data, datasets, predict, synth, train
 
 image, true_labels = synth.make_image(np.random.default_rng(8), size=128)
-shipped, shipped_info = train.load_model()
+shipped, shipped_info = checkpoint.load_model()
 prob = predict.probabilities(shipped, image, info=shipped_info)
 as_uint8 = prob[0].astype(np.uint8)                       # the silent bug: every probability < 1 becomes 0
-print(f"true nuclei {true_labels.max()}; naive count {count.label_components(as_uint8)[0]} "
+print(f"true nuclei {true_labels.max()}; naive count {data.label_components(as_uint8)[0]} "
       f"(foreground {as_uint8.mean():.1%}); fixed count {count.count_nuclei(prob)[0]}")
 
 # %% [markdown]
@@ -48,7 +48,7 @@ from nucleilib.presets import preset, preset_name
 
 settings = preset()
 epochs = min(2 * settings["epochs"], 12)
-images, masks, labels = data.builtin_dataset(n=settings["n_images"], seed=0)
+images, masks, labels = datasets.builtin_dataset(n=settings["n_images"], seed=0)
 train_idx, val_idx, test_idx = data.split_indices(len(images), seed=0)
 crops, crop_masks = images[:, :, :64, :64], masks[:, :, :64, :64]
 print(preset_name(), f"{len(train_idx)} training crops, {len(val_idx)} validation crops, {epochs} epochs")
@@ -65,8 +65,9 @@ from nucleilib import losses, model
 def train_run(lr, targets=crop_masks, index=train_idx, n_epochs=epochs, loss=losses.bce_dice_loss, **options):
     torch.manual_seed(0)
     net = model.UNet(base=8, depth=4)
-    history = train.fit(net, crops[index], targets[index], crops[val_idx], targets[val_idx], epochs=n_epochs,
-                        lr=lr, loss=loss, batch_size=8, seed=0, early_stopping=None, progress=False, **options)
+    recipe = train.TrainSettings(epochs=n_epochs, lr=lr, batch_size=8, seed=0, early_stopping=None, **options)
+    history = train.fit(net, (crops[index], targets[index]), (crops[val_idx], targets[val_idx]), recipe,
+                        loss=loss, progress=False)
     return net, history
 
 
@@ -111,8 +112,7 @@ viz.save_figure(fig, "04_learning_rates.png")
 # The measured failures, checked: at lr 10 the loss stays at the level of a constant prediction and the network
 # finds no nucleus at all; at 0.001 the loss keeps falling.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 high, good = runs["lr 10"][1], runs["lr 0.001"][1]
 assert high["val_loss"][-1] > 0.85 * constant_loss and high["val_dice"][-1] < 0.05
 assert high["val_loss"][-1] > 1.3 * good["val_loss"][-1]
@@ -123,8 +123,7 @@ print("lr 10: stuck at the constant-prediction loss, Dice 0; lr 0.001: the loss 
 # Too few epochs is the other way to keep the loss high. A run stopped after one epoch is exactly the first
 # point of the lr 0.001 curve (same seed, same batches): its loss is far above where the curve ends.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 after_one, at_end = good["val_loss"][0], good["val_loss"][-1]
 assert after_one > 1.2 * at_end
 print("one epoch: loss still falling fast; stopping there leaves it high")
@@ -143,8 +142,8 @@ print("one epoch: loss still falling fast; stopping there leaves it high")
 
 # %%
 torch.manual_seed(0)
-sweep = train.lr_range_test(model.UNet(base=8, depth=4), crops[train_idx], crop_masks[train_idx],
-                            start_lr=1e-6, end_lr=10.0, steps=40, batch_size=8)
+sweep = train.lr_range_test(model.UNet(base=8, depth=4), (crops[train_idx], crop_masks[train_idx]),
+                            train.TrainSettings(batch_size=8), start_lr=1e-6, end_lr=10.0, steps=40)
 print(f"{len(sweep['lr'])} steps; lowest smoothed loss at lr {sweep['best_lr']:.2g}, "
       f"suggested lr {sweep['suggested_lr']:.2g}")
 
@@ -228,8 +227,7 @@ for name, mask in predicted.items():
 # Divided by 65535, the image is nearly black (its maximum is 0.015 or less): the network sees no nucleus and
 # predicts none. Divided by 255, everything above 255 saturates at 1: the nuclei merge with the background.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 assert predicted["12-bit / 65535"].mean() < 0.01 and predicted["300-700 / 65535"].mean() < 0.01
 assert metrics.dice(predicted["percentile"], test_masks) > 0.7
 assert metrics.dice(predicted["12-bit / 255"], test_masks) < metrics.dice(predicted["percentile"], test_masks) - 0.2
@@ -241,8 +239,7 @@ print("/ 65535: all black; / 255: wrong; per-image percentiles: right")
 # Masks stored as 0/255 and fed to a loss that expects 0/1 break it: binary cross-entropy with a target of 255
 # has no minimum. Its value for the trained model, and for a model that predicts "nucleus" everywhere:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 logits = net(torch.from_numpy(crops[val_idx])).detach()
 targets_255 = torch.from_numpy(crop_masks[val_idx]) * 255
 everything = torch.full_like(logits, 20.0)
@@ -259,8 +256,7 @@ net_255, _ = train_run(0.01, targets=crop_masks / 255, n_epochs=min(epochs, 4))
 prob_255 = predict.predict_batch(net_255, raw12_input := inputs["percentile"][:, None])[:, 0]
 print(f"masks / 255: highest probability {prob_255.max():.3f}; {foreground_and_dice(prob_255 >= 0.5)}")
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 assert (prob_255 >= 0.5).mean() < 0.01 and prob_255.max() < 0.5
 print("masks divided by 255 twice: all black")
 
@@ -288,8 +284,7 @@ for name, mask in thresholded.items():
 # everything to at least 0.5: all white. Casting probabilities to `uint8` truncates every value below 1 to 0: all
 # black. In numbers, on three hand-picked logits:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 hand = torch.tensor([-5.0, 0.0, 5.0])
 print("probability      ", probabilities_from_logits(hand).numpy().round(3))
 print("sigmoid twice    ", probabilities_from_logits(probabilities_from_logits(hand)).numpy().round(3))
@@ -317,14 +312,14 @@ imbalance, imbalance_nets = {}, {}
 for loss in [losses.bce_loss, losses.bce_dice_loss]:
     torch.manual_seed(0)
     sparse_net = model.UNet(base=8, depth=4)
-    train.fit(sparse_net, crops_q[sparse], masks_q[sparse], crops[val_idx], crop_masks[val_idx], epochs=3,
-              lr=0.01, loss=loss, batch_size=8, seed=0, early_stopping=None, progress=False)
+    recipe = train.TrainSettings(epochs=3, lr=0.01, batch_size=8, seed=0, early_stopping=None)
+    train.fit(sparse_net, (crops_q[sparse], masks_q[sparse]), (crops[val_idx], crop_masks[val_idx]), recipe,
+              loss=loss, progress=False)
     imbalance_nets[loss.__name__] = sparse_net
     imbalance[loss.__name__] = predict.predict_batch(sparse_net, raw12_input)[:, 0]
     print(f"{loss.__name__:>13}: {foreground_and_dice(imbalance[loss.__name__] >= 0.5)}")
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 assert (imbalance["bce_loss"] >= 0.5).mean() < 0.01
 print("plain BCE on sparse foreground, short training: background everywhere")
 
@@ -334,8 +329,7 @@ print("plain BCE on sparse foreground, short training: background everywhere")
 # The source "added a small value to the sigmoid output before thresholding". Adding `eps` and thresholding at
 # 0.5 is *exactly* thresholding at `0.5 - eps`, pixel for pixel:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 eps = 0.45
 hack, lower = (prob_255 + eps) >= 0.5, prob_255 >= 0.5 - eps
 assert np.array_equal(hack, lower)
@@ -371,8 +365,7 @@ for name, (candidate, threshold) in scores.items():
 # measured on validation images, not guessed. BCE + Dice cannot be satisfied by "background everywhere" (the
 # Dice term only counts foreground), but in a training this short it is not reliably better: train longer.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 assert scores["masks / 255"][1] < scores["data fixed (0/1 masks)"][0] - 0.2
 assert scores["masks / 255"][2] < scores["data fixed (0/1 masks)"][0] - 0.2
 assert scores["plain BCE"][2] > scores["plain BCE"][0] + 0.2
@@ -427,8 +420,7 @@ def cv2_count(mask, connectivity=8):
 # **Label 0 is the background.** `cv2.connectedComponents` returns the number of labels *including* the
 # background; the number of nuclei is one less. On two separate squares:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 two = np.zeros((6, 6), np.uint8); two[:2, :2] = two[4:, 4:] = 1
 diagonal = np.array([[1, 0], [0, 1]], np.uint8)
 print("two squares: n_labels", cv2_count(two), "-> nuclei", cv2_count(two) - 1)
@@ -436,7 +428,7 @@ print("a diagonal pair: 8-connected", cv2_count(diagonal, 8) - 1, "component, 4-
 
 # %% [markdown]
 # **Connectivity** decides whether pixels touching only by a corner belong together (8) or not (4): on ragged or
-# thin masks 4-connectivity cuts nuclei into pieces. `count.label_components` makes the choice explicit (8 by
+# thin masks 4-connectivity cuts nuclei into pieces. `data.label_components` makes the choice explicit (8 by
 # default) and subtracts the background.
 #
 # Now each mistake against its fix, on every test image. The noisy mask adds 0.2% random bright pixels (hot
@@ -448,14 +440,14 @@ noisy = [np.maximum(b, (rng.random(b.shape) < 0.002).astype(np.uint8)) for b in 
 resized = [cv2.resize(b * 255, None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR) for b in binary]
 mistakes = {  # name: (naive counts, fixed counts)
     "probabilities cast to uint8": ([cv2_count(p[0].astype(np.uint8)) - 1 for p in probs],
-                                    [count.label_components(b)[0] for b in binary]),
+                                    [data.label_components(b)[0] for b in binary]),
     "probabilities x 255 as uint8": ([cv2_count((p[0] * 255).astype(np.uint8)) - 1 for p in probs],
-                                     [count.label_components(b)[0] for b in binary]),
+                                     [data.label_components(b)[0] for b in binary]),
     "anti-aliased (resized) mask": ([cv2_count(r) - 1 for r in resized], [cv2_count(r >= 128) - 1 for r in resized]),
     "label 0 counted": ([cv2_count(b) for b in binary], [cv2_count(b) - 1 for b in binary]),
-    "4-connectivity": ([count.label_components(b, 4)[0] for b in binary], [count.label_components(b, 8)[0] for b in binary]),
-    "specks counted": ([count.label_components(n)[0] for n in noisy],
-                       [int(count.remove_small(count.label_components(n)[1], 10).max()) for n in noisy]),
+    "4-connectivity": ([data.label_components(b, 4)[0] for b in binary], [data.label_components(b, 8)[0] for b in binary]),
+    "specks counted": ([data.label_components(n)[0] for n in noisy],
+                       [int(count.remove_small(data.label_components(n)[1], 10).max()) for n in noisy]),
     "touching nuclei merged": ([int(count.labels_from_probabilities(p, split=False).max()) for p in probs],
                                [int(count.labels_from_probabilities(p).max()) for p in probs]),
 }
@@ -479,8 +471,7 @@ for name, (naive, fixed) in mistakes.items():
 # anti-aliased mask merges neighbours through its grey halo; forgetting label 0 adds exactly one per image; specks count as
 # nuclei until a minimum area removes them; the watershed splits touching nuclei and lowers the error.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 def error(counts):
     return np.abs(np.array(counts) - true_counts).mean()
 
@@ -509,7 +500,7 @@ viz.save_figure(fig, "04_counts.png")
 k = int(np.argmax(true_counts))
 shown = data.normalize_image(raw[k])
 fig = viz.show_grid([shown] * 4, [test_set["labels"][k], count.labels_from_probabilities(probs[k], split=False),
-                                  count.label_components(noisy[k])[1], count.count_nuclei(probs[k])[1]],
+                                  data.label_components(noisy[k])[1], count.count_nuclei(probs[k])[1]],
                     titles=[f"true: {true_counts[k]}", f"merged: {mistakes['touching nuclei merged'][0][k]}",
                             f"specks: {mistakes['specks counted'][0][k]}", f"fixed: {mistakes['source pipeline -> all fixes'][1][k]}"])
 viz.save_figure(fig, "04_count_mistakes.png")
@@ -544,19 +535,19 @@ viz.save_figure(fig, "04_count_mistakes.png")
 # 3. Count the noisy masks with `count.remove_small` at `min_area` 2, 10 and 40. Which value removes the specks
 #    without removing real nuclei?
 
-# %% tags=["solution"]
+# %% jupyter={"outputs_hidden": true, "source_hidden": true} tags=["solution", "hide-cell"]
 _, slow = train_run(1e-5, n_epochs=2)
 print(f"lr 1e-5: validation loss {slow['val_loss'][0]:.2f} -> {slow['val_loss'][-1]:.2f} (constant {constant_loss:.2f}): "
       "it barely moves, the flat left end of the range test")
 
-# %% tags=["solution"]
+# %% jupyter={"outputs_hidden": true, "source_hidden": true} tags=["solution", "hide-cell"]
 net_x255, history_x255 = train_run(0.01, targets=crop_masks * 255, n_epochs=2)
 fraction_x255 = (predict.predict_batch(net_x255, raw12_input)[:, 0] >= 0.5).mean()
 print(f"0/255 masks: training loss {history_x255['train_loss'][-1]:.0f} (negative), foreground {fraction_x255:.0%}")
 
-# %% tags=["solution"]
+# %% jupyter={"outputs_hidden": true, "source_hidden": true} tags=["solution", "hide-cell"]
 true_areas = np.concatenate([np.bincount(one.ravel())[1:] for one in test_set["labels"]])
 for min_area in [2, 10, 40]:
-    counts = [int(count.remove_small(count.label_components(n)[1], min_area).max()) for n in noisy]
+    counts = [int(count.remove_small(data.label_components(n)[1], min_area).max()) for n in noisy]
     print(f"min_area {min_area:>2}: count error {error(counts):5.2f}; true nuclei smaller than this: "
           f"{(true_areas[true_areas > 0] < min_area).sum()}")

@@ -24,14 +24,13 @@
 # First the result: the shipped model counts the nuclei of a synthetic image it has never seen (training used
 # seed 0, this test set seed 2025), next to the true count.
 
-# %%
-# NBVAL_CHECK_OUTPUT
-from nucleilib import predict, synth, train
+# %% tags=["nbval-check-output"]
+from nucleilib import checkpoint, evaluate, predict, synth
 
-model, info = train.load_model()
+model, info = checkpoint.load_model()
 test = synth.make_dataset(n=32, size=128, seed=2025)
 image, true_labels = test["images"][3], test["labels"][3]
-labels, prob = predict.segment_image(model, image, info)
+labels, prob = evaluate.segment_image(model, image, info)
 print(f"predicted {labels.max()} nuclei, true {true_labels.max()}")
 
 # %% [markdown]
@@ -53,8 +52,7 @@ fig = viz.show_grid([shown, shown], [true_labels, labels], titles=["true nuclei"
 # The network outputs logits; the sigmoid turns them into probabilities in [0, 1], in one place of the library.
 # The shipped model has two output channels: the nucleus (channel 0) and its interior (channel 1, used later).
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print(info["heads"], prob.shape, prob.dtype)
 print(f"P(nucleus) from {prob[0].min():.2f} to {prob[0].max():.2f}")
 
@@ -65,8 +63,7 @@ print(f"P(nucleus) from {prob[0].min():.2f} to {prob[0].max():.2f}")
 # two ways: cast to `uint8`, every value below 1 becomes 0 and nothing is found; scaled to 0-255, the faint
 # background haze (P above 1/255) is foreground and joins all nuclei into one blob.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 import cv2
 import numpy as np
 
@@ -79,8 +76,7 @@ print(f"cast to uint8: {n_cast - 1} nuclei; scaled to 0-255: {n_scaled - 1} nucl
 # holds values between 0 and 255 along every edge, and those grey pixels bridge nearby nuclei. The true mask of the
 # test image, smoothed a little:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 true_mask = (true_labels > 0).astype(np.uint8) * 255
 smooth_mask = cv2.GaussianBlur(true_mask, (0, 0), sigmaX=1.5)
 print("grey levels in the smooth mask:", len(np.unique(smooth_mask)))
@@ -102,14 +98,13 @@ print(mask.dtype, np.unique(mask))
 # ## The background is label 0
 #
 # `cv2.connectedComponents` returns the number of labels *including* the background, label 0. Two squares give 3
-# labels, so the count is `n_labels - 1`; `count.label_components` does the subtraction.
+# labels, so the count is `n_labels - 1`; `data.label_components` does the subtraction.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 two_squares = np.zeros((6, 8), np.uint8)
 two_squares[1:3, 1:3] = two_squares[3:5, 5:7] = 1
 n_labels, _ = cv2.connectedComponents(two_squares)
-print("cv2 labels:", n_labels, "-> nuclei:", count.label_components(two_squares)[0])
+print("cv2 labels:", n_labels, "-> nuclei:", data.label_components(two_squares)[0])
 
 # %% [markdown]
 # ## 4- or 8-connectivity
@@ -117,11 +112,10 @@ print("cv2 labels:", n_labels, "-> nuclei:", count.label_components(two_squares)
 # With 8-connectivity two pixels touching only by a corner belong together; with 4-connectivity they do not. A
 # thin diagonal line is one object or many:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 diagonal = np.eye(5, dtype=np.uint8)
-print("8-connectivity:", count.label_components(diagonal, 8)[0], " 4-connectivity:",
-      count.label_components(diagonal, 4)[0])
+print("8-connectivity:", data.label_components(diagonal, 8)[0], " 4-connectivity:",
+      data.label_components(diagonal, 4)[0])
 
 # %% [markdown]
 # On real predictions the two rarely differ, because predicted nuclei are round blobs; where they do, 4-connectivity
@@ -131,7 +125,7 @@ print("8-connectivity:", count.label_components(diagonal, 8)[0], " 4-connectivit
 # %%
 probs = [predict.probabilities(model, test_image, info) for test_image in test["images"]]
 masks = [count.binarize(p[0]) for p in probs]
-totals = {c: sum(count.label_components(m, c)[0] for m in masks) for c in (8, 4)}
+totals = {c: sum(data.label_components(m, c)[0] for m in masks) for c in (8, 4)}
 print(f"nuclei over 32 images: {totals[8]} with 8-connectivity, {totals[4]} with 4-connectivity")
 
 # %% [markdown]
@@ -140,8 +134,7 @@ print(f"nuclei over 32 images: {totals[8]} with 8-connectivity, {totals[4]} with
 # A few isolated pixels above the threshold make nuclei of 1-5 pixels. `count.remove_small` drops instances below
 # `min_area` pixels and renumbers the rest. A hand-made case: a 3x3 nucleus and a one-pixel speck.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 speck_case = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 0, 2], [1, 1, 1, 0, 0]])
 print(count.remove_small(speck_case, min_area=4))
 
@@ -150,8 +143,7 @@ print(count.remove_small(speck_case, min_area=4))
 # larger minimum would delete. The synthetic generator draws micronuclei too, a few even below 10 pixels (those
 # the minimum deletes); the smallest true nuclei of the test images:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 true_areas = np.concatenate([np.bincount(lab.ravel())[1:] for lab in test["labels"]])
 true_areas = true_areas[true_areas > 0]
 print("default min_area:", count.DEFAULT_MIN_AREA, "px")
@@ -161,7 +153,7 @@ print("smallest true nuclei (px):", np.sort(true_areas)[:6].tolist())
 # And how many predicted components fall below it:
 
 # %%
-components = [count.label_components(m)[1] for m in masks]
+components = [data.label_components(m)[1] for m in masks]
 specks = sum(int((np.bincount(c.ravel())[1:] < count.DEFAULT_MIN_AREA).sum()) for c in components)
 print(f"{specks} of {totals[8]} predicted components are smaller than {count.DEFAULT_MIN_AREA} px")
 
@@ -170,7 +162,7 @@ print(f"{specks} of {totals[8]} predicted components are smaller than {count.DEF
 # after the minimum area.
 
 # %%
-components_3 = count.label_components(mask)[1]
+components_3 = data.label_components(mask)[1]
 kept_3 = count.remove_small(components_3)
 fig = viz.show_grid([shown, prob[0], mask, viz.labels_rgb(components_3), viz.labels_rgb(kept_3)],
                     titles=["image", "P(nucleus)", "mask: P >= 0.5", f"components: {components_3.max()}",
@@ -184,11 +176,10 @@ viz.save_figure(fig, "05_pipeline.png")
 # classical answer is a watershed on the distance transform: each pixel's distance to the background peaks once per
 # round nucleus, and the watershed grows one region from each peak. A hand-made case, two overlapping discs:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 yy, xx = np.mgrid[:20, :34]
 two_discs = ((yy - 10) ** 2 + (xx - 10) ** 2 <= 64) | ((yy - 10) ** 2 + (xx - 23) ** 2 <= 64)
-print("components:", count.label_components(two_discs)[0], " watershed:", count.split_touching(two_discs).max())
+print("components:", data.label_components(two_discs)[0], " watershed:", count.split_touching(two_discs).max())
 
 # %% [markdown]
 # The shipped model offers a second way, the approach of the strongest 2018 Data Science Bowl entries: an output
@@ -200,7 +191,7 @@ print("components:", count.label_components(two_discs)[0], " watershed:", count.
 # %%
 from scipy import ndimage as ndi
 
-naive = count.label_components(mask)[1]
+naive = data.label_components(mask)[1]
 by_distance = count.labels_from_probabilities(prob[:1])        # channel 0 only: distance-transform seeds
 by_interior = count.labels_from_probabilities(prob)            # both channels: interior-weighted distance
 fig = viz.show_grid([viz.labels_rgb(naive), ndi.distance_transform_edt(mask), viz.labels_rgb(by_distance),
@@ -239,8 +230,8 @@ viz.save_figure(fig, "05_explorer.png")
 
 # %%
 methods = {
-    "components": lambda p, im: count.label_components(count.binarize(p[0]))[1],
-    "+ min area": lambda p, im: count.remove_small(count.label_components(count.binarize(p[0]))[1]),
+    "components": lambda p, im: data.label_components(count.binarize(p[0]))[1],
+    "+ min area": lambda p, im: count.remove_small(data.label_components(count.binarize(p[0]))[1]),
     "+ distance watershed": lambda p, im: count.labels_from_probabilities(p[:1]),
     "+ interior channel": lambda p, im: count.labels_from_probabilities(p),
     "classical": lambda p, im: count.classical_baseline(im),
@@ -252,8 +243,7 @@ counts = {name: np.array([method(p, im).max() for p, im in zip(probs, test["imag
 # %% [markdown]
 # The mean absolute count error (nuclei per image) and the mean signed error (negative: too few):
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print(f"{'method':>22}  mean |error|  mean error")
 for name, predicted in counts.items():
     error = predicted - true_counts
@@ -292,8 +282,7 @@ status = cli.main(["count", str(folder / "field_3.tif"), str(folder / "field_4.t
 # %% [markdown]
 # The exit status is 0 when every file was counted, and the folder holds the table and the pictures:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print("exit status", status)
 print(sorted(path.name for path in (folder / "out").iterdir()))
 print((folder / "out" / "counts.csv").read_text())
@@ -323,19 +312,19 @@ print((folder / "out" / "counts.csv").read_text())
 # 3. Run the classical baseline on the first test image with `split=False` and with `split=True`. How many nuclei
 #    does the watershed add?
 
-# %% tags=["solution"]
+# %% jupyter={"outputs_hidden": true, "source_hidden": true} tags=["solution", "hide-cell"]
 thresholds = np.round(np.arange(0.1, 0.95, 0.05), 2)
 curves = np.array([widgets.count_curve(p, thresholds) for p in probs])
 errors = np.abs(curves - true_counts[:, None]).mean(axis=0)
 print(f"best threshold {thresholds[errors.argmin()]:.2f}: mean |error| {errors.min():.2f} "
       f"(at 0.50: {errors[np.argmin(np.abs(thresholds - 0.5))]:.2f})")
 
-# %% tags=["solution"]
+# %% jupyter={"outputs_hidden": true, "source_hidden": true} tags=["solution", "hide-cell"]
 print("true nuclei under 30 px:", int((true_areas < 30).sum()), "of", len(true_areas))
 large_only = np.array([count.count_nuclei(p, min_area=30)[0] for p in probs])
 print(f"mean |error| with min_area=30: {np.abs(large_only - true_counts).mean():.2f}")
 
-# %% tags=["solution"]
+# %% jupyter={"outputs_hidden": true, "source_hidden": true} tags=["solution", "hide-cell"]
 first = test["images"][0]
 print("without split:", count.classical_baseline(first, split=False).max(),
       " with split:", count.classical_baseline(first, split=True).max())

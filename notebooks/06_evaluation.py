@@ -25,9 +25,8 @@
 # First the result: the shipped model and the classical baseline (Otsu threshold + watershed) on 16 synthetic
 # images neither has seen.
 
-# %%
-# NBVAL_CHECK_OUTPUT
-from nucleilib import evaluate, synth
+# %% tags=["nbval-check-output"]
+from nucleilib import evaluate, io, synth
 
 made = synth.make_dataset(n=16, size=128, seed=2025)
 samples = [(f"test{i}", made["images"][i], made["labels"][i]) for i in range(16)]
@@ -45,8 +44,7 @@ for method in ("model", "baseline"):
 # Dice = 2|P∩T| / (|P| + |T|), IoU = |P∩T| / |P∪T|. A hand-worked case: a 4-pixel prediction overlapping a
 # 4-pixel truth in 2 pixels.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 import numpy as np
 from nucleilib import metrics
 
@@ -60,8 +58,7 @@ print(f"Dice {metrics.dice(prediction, truth):.3f} (= 2*2/(4+4)),  IoU {metrics.
 # Three touching nuclei predicted as one blob: every pixel is right, yet the blob overlaps each nucleus with an
 # IoU of only 1/3, so no nucleus is found. Pixel Dice says "perfect"; the instance metrics do not.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 true_labels = np.zeros((20, 31), int)
 true_labels[5:15, 2:11], true_labels[5:15, 11:20], true_labels[5:15, 20:29] = 1, 2, 3
 merged = (true_labels > 0).astype(int)
@@ -157,7 +154,7 @@ viz.save_figure(fig, "06_failures.png")
 # %%
 import json
 
-for path in sorted((data.project_root() / "models").glob("eval_*.json")):
+for path in sorted((io.project_root() / "models").glob("eval_*.json")):
     scores = json.loads(path.read_text())
     print(f"{path.stem[5:]:>26}: " + ", ".join(f"{key} {scores[key]:.3f}" for key in ("dice", "ap50", "mean_ap")))
 
@@ -202,10 +199,10 @@ print({key: value for key, value in evaluate.evaluate_path(folder, progress=Fals
 #    hardly move?
 # 2. At which IoU threshold does the baseline's AP fall below 0.5 on `samples`?
 
-# %% tags=["solution"]
+# %% jupyter={"outputs_hidden": true, "source_hidden": true} tags=["solution", "hide-cell"]
 no_split = evaluate.evaluate_samples(test_samples, evaluate.segmenter(split=False))
 print({key: (round(table["model"][key], 3), round(no_split[key], 3)) for key in ("dice", "ap50", "count_mae")})
 
-# %% tags=["solution"]
+# %% jupyter={"outputs_hidden": true, "source_hidden": true} tags=["solution", "hide-cell"]
 curve = evaluate.evaluate_samples(samples, baseline_segment)["ap_by_threshold"]
 print("below 0.5 from IoU", min((t for t, ap in curve.items() if ap < 0.5), default="never"))

@@ -1,12 +1,12 @@
 """nucleilib: segment and count cell nuclei in fluorescence microscopy with a U-Net.
 
-A thin library behind the teaching notebooks in ``notebooks/``. Small flat modules:
+A thin library behind the teaching notebooks in ``notebooks/``; one job per module, bottom to top:
 
-- ``data``: load/validate ``.npz`` data sets, normalize, read images, import and download real data.
-- ``synth``: the built-in synthetic nuclei generator with exact ground truth.
-- ``model``, ``losses``, ``train``: the U-Net, its losses, and training with checkpoints.
-- ``predict``, ``count``, ``metrics``: probabilities, nucleus counts, and evaluation.
-- ``viz``, ``widgets``, ``cli``: figures, the threshold explorer, and the command line.
+- ``io``, ``synth``, ``data``, ``datasets``: files, the synthetic generator, arrays and the ``.npz`` contract,
+  the public real data sets.
+- ``augment``, ``model``, ``losses``, ``checkpoint``, ``runtime``, ``train``: the U-Net and its training.
+- ``predict``, ``count``, ``metrics``, ``evaluate``: probabilities, nucleus counts, scores, files in and out.
+- ``viz``, ``widgets``, ``bench``, ``cli``: figures, the threshold explorer, speed, and the command line.
 """
 
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+
 def _command_line(argv: Sequence[str] | None) -> str:
     words = list(sys.argv[1:] if argv is None else argv)
     world_size, per_node = int(os.environ.get("WORLD_SIZE", "1")), os.environ.get("LOCAL_WORLD_SIZE", "1")
@@ -24,73 +25,59 @@ def _command_line(argv: Sequence[str] | None) -> str:
     return shlex.join(["python", "-m", "nucleilib", *words])
 
 
-# --- data -------------------------------------------------------------------------------------
-
-
 def _make_data(args: argparse.Namespace) -> int:
-    from nucleilib import data, synth
+    from nucleilib import io, synth
 
     dataset = synth.make_dataset(n=args.n, size=args.size, seed=args.seed)
-    data.save_npz(args.out, dataset["images"], dataset["masks"], dataset["labels"])
+    io.save_npz(args.out, dataset["images"], dataset["masks"], dataset["labels"])
     n_nuclei = sum(int(labels.max()) for labels in dataset["labels"])
     print(f"wrote {args.out}: {args.n} images of {args.size}x{args.size}, {n_nuclei} nuclei (seed {args.seed})")
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
-    from nucleilib import data
+    from nucleilib import datasets
 
     if args.command == "import-dsb2018":
-        names = _split_names(data.dsb2018_names(args.root), args)
-        summary = data.import_dsb2018(args.root, args.out, size=args.size, names=names)
+        names = _split_names(datasets.dsb2018_names(args.root), args)
+        summary = datasets.import_dsb2018(args.root, args.out, size=args.size, names=names)
     elif args.command == "import-bbbc039":
-        names = _split_names(data.bbbc039_names(args.root), args)
-        summary = data.import_bbbc039(args.root, args.out, size=args.size, names=names)
+        names = _split_names(datasets.bbbc039_names(args.root), args)
+        summary = datasets.import_bbbc039(args.root, args.out, size=args.size, names=names)
     else:
-        names = _split_names(data.pair_names(args.images_dir, args.labels_dir), args)
-        summary = data.import_pairs(args.images_dir, args.labels_dir, args.out, size=args.size, names=names)
+        names = _split_names(datasets.pair_names(args.images_dir, args.labels_dir), args)
+        summary = datasets.import_pairs(args.images_dir, args.labels_dir, args.out, size=args.size, names=names)
     print(f"wrote {args.out}: {json.dumps(summary)}")
     return 0
 
 
 def _split_names(names: list[str], args: argparse.Namespace) -> list[str]:
-    """The image ids of the chosen part of the fixed, seeded train/test split (see ``data.real_split``)."""
-    from nucleilib import data
+    """The image ids of the chosen part of the fixed, seeded train/test split (see ``datasets.real_split``)."""
+    from nucleilib import datasets
 
     if args.split == "all":
         return names
-    train_names, test_names = data.real_split(names, test_fraction=args.test_fraction, seed=args.split_seed)
+    train_names, test_names = datasets.real_split(names, test_fraction=args.test_fraction, seed=args.split_seed)
     return train_names if args.split == "train" else test_names
 
 
 def _download(args: argparse.Namespace) -> int:
-    from nucleilib import data
+    from nucleilib import datasets
 
-    out = data.download(args.name, cache_dir=args.dir, out=args.out, size=args.size)
+    out = datasets.download(args.name, cache_dir=args.dir, out=args.out, size=args.size)
     print(f"wrote {out}")
     return 0
-
-
-# --- model ------------------------------------------------------------------------------------
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     from nucleilib import train
 
-    result = train.train_from_npz(
-        args.data,
-        args.out,
-        epochs=args.epochs,
-        lr=args.lr,
-        seed=args.seed,
-        preset=args.preset,
-        max_minutes=args.max_minutes,
-        base=args.base,
-        depth=args.depth,
-        batch_size=args.batch_size,
-        command=_command_line(argv),
-        compile="auto" if args.compile is None else args.compile,
+    # The preset's settings; the options given on the command line (not None) override them.
+    settings = train.TrainSettings.from_preset(
+        args.preset, epochs=args.epochs, lr=args.lr, seed=args.seed, max_minutes=args.max_minutes, base=args.base,
+        depth=args.depth, batch_size=args.batch_size, compile=args.compile,
     )
+    result = train.train_from_npz(args.data, args.out, settings, command=_command_line(argv))
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only the first process reports
         print(json.dumps(result.get("metrics", {}), indent=2))
         print(f"wrote {args.out}")
@@ -100,17 +87,24 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from nucleilib import evaluate
 
-    metrics = evaluate.evaluate_path(
-        args.data, model_path=args.model, method=args.method, threshold=args.threshold, min_area=args.min_area,
-        split=not args.no_split, layout=args.layout, subset=args.split,
-    )
+    settings = _count_settings(args)
+    metrics = evaluate.evaluate_path(args.data, model_path=args.model, method=args.method, settings=settings,
+                                     layout=args.layout, subset=args.split)
     print(json.dumps(metrics, indent=2))
     return 0
 
 
+def _count_settings(args: argparse.Namespace) -> "CountSettings":
+    """The counting settings the options name; the ones not given keep CountSettings' defaults."""
+    from nucleilib.count import CountSettings
+
+    given = {"threshold": args.threshold, "min_area": args.min_area, "split": False if args.no_split else None}
+    return CountSettings(**{key: value for key, value in given.items() if value is not None})
+
+
 def _expand_inputs(patterns: Sequence[str]) -> list[Path]:
     """Files named, files in named folders, and glob matches, in a stable order."""
-    from nucleilib.data import IMAGE_SUFFIXES
+    from nucleilib.io import IMAGE_SUFFIXES
 
     paths: list[Path] = []
     for pattern in patterns:
@@ -131,15 +125,8 @@ def _count(args: argparse.Namespace) -> int:
     if not inputs:
         print("error: no images given (no file matched)", file=sys.stderr)
         return 2
-    failures = evaluate.count_files(
-        inputs,
-        Path(args.out),
-        model_path=args.model,
-        threshold=args.threshold,
-        min_area=args.min_area,
-        split=not args.no_split,
-        channel=args.channel,
-    )
+    failures = evaluate.count_files(inputs, Path(args.out), model_path=args.model, settings=_count_settings(args),
+                                    channel=args.channel)
     for message in failures:
         print(f"error: {message}", file=sys.stderr)
     print(f"wrote {Path(args.out) / 'counts.csv'}")
@@ -160,27 +147,8 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- parser -----------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m nucleilib``.
-
-    Returns
-    -------
-    argparse.ArgumentParser
-        With one sub-command per task.
-
-    Examples
-    --------
-    >>> build_parser().parse_args(["make-data", "--n", "4"]).n
-    4
-    """
-    parser = argparse.ArgumentParser(
-        prog="nucleilib", description="Segment and count cell nuclei in fluorescence images with a U-Net."
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _data_arguments(commands: argparse._SubParsersAction) -> None:
+    """The ``make-data``, ``import-*`` and ``download`` commands."""
     make = commands.add_parser("make-data", help="write the built-in synthetic data set (.npz with labels)")
     make.add_argument("--n", type=int, default=2000, help="number of images (default 2000)")
     make.add_argument("--size", type=int, default=128, help="image height and width (default 128)")
@@ -210,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--out", default=None, help="output .npz (default CACHE/NAME.npz)")
     download.add_argument("--size", type=int, default=128, help="tile size (default 128)")
 
-    train = commands.add_parser("train", help="train a U-Net on an .npz data set")
+
+def _train_arguments(train: argparse.ArgumentParser) -> None:
+    """The options of ``train``."""
     train.add_argument("--data", required=True, nargs="+", help="training .npz file(s)")
     train.add_argument("--out", required=True, help="checkpoint to write (.pt)")
     train.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: from the preset)")
@@ -227,6 +197,36 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train through torch.compile (default: on the CPU for runs of 1000+ steps "
                             "when a C++ compiler is there)")
 
+
+def _count_arguments(command: argparse.ArgumentParser) -> None:
+    """The model and counting options that ``evaluate`` and ``count`` share (defaults: ``count.CountSettings``)."""
+    command.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
+    command.add_argument("--threshold", type=float, default=None, help="probability threshold (default 0.5)")
+    command.add_argument("--min-area", type=int, default=None, help="smallest nucleus in pixels (default 10)")
+    command.add_argument("--no-split", action="store_true", help="do not split touching nuclei")
+
+
+def _bench_arguments(bench: argparse.ArgumentParser) -> None:
+    """The options of ``bench``."""
+    bench.add_argument("--json", action="store_true", help="print JSON")
+    bench.add_argument("--quick", action="store_true",
+                       help="tiny sizes, to check the command runs (figures meaningless)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m nucleilib``: one sub-command per task.
+
+    Examples
+    --------
+    >>> build_parser().parse_args(["make-data", "--n", "4"]).n
+    4
+    """
+    parser = argparse.ArgumentParser(
+        prog="nucleilib", description="Segment and count cell nuclei in fluorescence images with a U-Net."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _data_arguments(commands)
+    _train_arguments(commands.add_parser("train", help="train a U-Net on an .npz data set"))
     evaluate = commands.add_parser("evaluate", help="print JSON metrics of a model on annotated data")
     evaluate.add_argument("--data", required=True,
                           help=".npz with labels; a folder with images/ and labels/; a DSB 2018 or BBBC039 folder")
@@ -236,59 +236,39 @@ def build_parser() -> argparse.ArgumentParser:
                           help="folders only: every image, or one part of the seeded split (seed 0, 30%% test)")
     evaluate.add_argument("--method", choices=["model", "baseline"], default="model",
                           help="the U-Net, or the classical Otsu + watershed baseline")
-    evaluate.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
-    evaluate.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
-    evaluate.add_argument("--min-area", type=int, default=None, help="smallest nucleus in pixels")
-    evaluate.add_argument("--no-split", action="store_true", help="do not split touching nuclei")
-
+    _count_arguments(evaluate)
     count = commands.add_parser("count", help="count nuclei in images; writes counts.csv, labels and overlays")
     count.add_argument("images", nargs="+", help="image files, folders or globs (TIFF/PNG/JPEG)")
     count.add_argument("--out", required=True, help="output folder")
-    count.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
-    count.add_argument("--threshold", type=float, default=0.5, help="probability threshold (default 0.5)")
-    count.add_argument("--min-area", type=int, default=None, help="smallest nucleus in pixels")
-    count.add_argument("--no-split", action="store_true", help="do not split touching nuclei")
+    _count_arguments(count)
     count.add_argument("--channel", type=int, default=None, help="channel holding the nuclei in colour images")
-
     bench = commands.add_parser("bench", help="measure this machine: matmul peak, training and inference speed")
-    bench.add_argument("--json", action="store_true", help="print JSON")
-    bench.add_argument("--quick", action="store_true", help="tiny sizes, to check the command runs (figures meaningless)")
+    _bench_arguments(bench)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status.
+    """Run the command line on ``argv`` (default ``sys.argv[1:]``); the exit status is 0 on success, 1 when some
+    inputs failed, 2 on a usage or input error.
 
-    Parameters
-    ----------
-    argv : sequence of str, optional
-        Arguments without the program name (default: ``sys.argv[1:]``).
-
-    Returns
-    -------
-    int
-        0 on success, 1 when some inputs failed, 2 on a usage or input error.
+    Examples
+    --------
+    >>> import contextlib, io
+    >>> with contextlib.redirect_stderr(io.StringIO()) as err:
+    ...     main(["evaluate", "--data", "missing.npz", "--method", "baseline"])
+    2
+    >>> err.getvalue().startswith("error: missing.npz")
+    True
     """
     args = build_parser().parse_args(argv)
+    handlers = {"make-data": _make_data, "download": _download, "evaluate": _evaluate, "count": _count, "bench": _bench}
     try:
-        if args.command == "make-data":
-            return _make_data(args)
-        if args.command.startswith("import-"):
-            return _import(args)
-        if args.command == "download":
-            return _download(args)
         if args.command == "train":
             return _train(args, argv)
-        if args.command == "evaluate":
-            return _evaluate(args)
-        if args.command == "count":
-            return _count(args)
-        if args.command == "bench":
-            return _bench(args)
+        return (_import if args.command.startswith("import-") else handlers[args.command])(args)
     except (ValueError, OSError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    raise AssertionError(f"unhandled command {args.command}")

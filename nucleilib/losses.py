@@ -1,14 +1,8 @@
-"""Losses for binary segmentation, and the training targets made from instance labels.
+"""Losses for binary segmentation (on logits), and the training targets made from instance labels.
 
-The network outputs logits. Binary cross-entropy is computed on the logits directly (numerically
-stable); the soft Dice loss needs probabilities and gets them from
-:func:`nucleilib.model.probabilities_from_logits`, so the sigmoid is applied once, inside Dice only.
-
-Targets have one channel per output "head":
-
-- ``"mask"``: 1 on every nucleus pixel (the segmentation).
-- ``"interior"``: each nucleus without its outer 1-2 pixel rim. Touching nuclei share a border in
-  the mask but their interiors are apart, so the interiors can seed a watershed that splits them.
+Targets have one channel per output "head": ``"mask"`` is 1 on every nucleus pixel; ``"interior"`` is each
+nucleus without its outer 1-2 pixel rim. Touching nuclei share a border in the mask but their interiors are
+apart, so the interiors can seed a watershed that splits them.
 """
 
 from __future__ import annotations
@@ -26,19 +20,7 @@ HEADS = ("mask", "interior")
 
 
 def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy between logits and a {0,1} target.
-
-    Parameters
-    ----------
-    logits : torch.Tensor
-        ``(N, C, H, W)`` raw network outputs.
-    target : torch.Tensor
-        Same shape, values in [0, 1].
-
-    Returns
-    -------
-    torch.Tensor
-        Scalar loss.
+    """Mean binary cross-entropy between ``(N, C, H, W)`` logits and a target of the same shape in [0, 1].
 
     Examples
     --------
@@ -53,20 +35,6 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
 
     Per channel, over the whole batch: ``Dice = (2 * sum(p * t) + eps) / (sum(p) + sum(t) + eps)``.
     ``eps`` keeps the loss defined (and zero) when both prediction and target are empty.
-
-    Parameters
-    ----------
-    logits : torch.Tensor
-        ``(N, C, H, W)`` raw network outputs.
-    target : torch.Tensor
-        Same shape, values in [0, 1].
-    eps : float
-        Smoothing added to numerator and denominator.
-
-    Returns
-    -------
-    torch.Tensor
-        Scalar loss in [0, 1].
 
     Examples
     --------
@@ -85,19 +53,7 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy plus soft Dice: per-pixel accuracy and region overlap together.
-
-    Parameters
-    ----------
-    logits : torch.Tensor
-        ``(N, C, H, W)`` raw network outputs.
-    target : torch.Tensor
-        Same shape, values in [0, 1].
-
-    Returns
-    -------
-    torch.Tensor
-        Scalar ``bce_loss + dice_loss``.
+    """:func:`bce_loss` plus :func:`dice_loss`: per-pixel accuracy and region overlap together.
 
     Examples
     --------
@@ -117,22 +73,8 @@ def targets_from_labels(labels: np.ndarray, heads: Sequence[str] = ("mask",)) ->
     guarantee that interiors of different nuclei are never 8-connected, so connected components of
     the interior channel separate touching nuclei. The image border does not count as boundary.
 
-    Parameters
-    ----------
-    labels : numpy.ndarray
-        ``(N, H, W)`` or ``(H, W)`` integer instance labels, 0 = background.
-    heads : sequence of str
-        Channel names in order, from ``"mask"`` and ``"interior"``.
-
-    Returns
-    -------
-    numpy.ndarray
-        float32 ``(N, len(heads), H, W)`` in {0, 1} (``N = 1`` for a 2-D input).
-
-    Raises
-    ------
-    ValueError
-        For an unknown head, no heads, non-integer or negative labels, or a wrong shape.
+    ``labels`` are ``(N, H, W)`` or ``(H, W)`` non-negative integers (0: background); ``heads`` names the channels
+    in order. Returns float32 ``(N, len(heads), H, W)`` in {0, 1}; ValueError for bad heads or labels.
 
     Examples
     --------
@@ -169,17 +111,7 @@ def targets_from_labels(labels: np.ndarray, heads: Sequence[str] = ("mask",)) ->
 
 
 def interior_from_labels(labels: np.ndarray) -> np.ndarray:
-    """Boolean interior of every nucleus in ``(N, H, W)`` labels (see :func:`targets_from_labels`).
-
-    Parameters
-    ----------
-    labels : numpy.ndarray
-        ``(N, H, W)`` non-negative integer instance labels.
-
-    Returns
-    -------
-    numpy.ndarray
-        bool ``(N, H, W)``.
+    """Boolean ``(N, H, W)`` interior of every nucleus in ``(N, H, W)`` labels (see :func:`targets_from_labels`).
 
     Examples
     --------
@@ -216,5 +148,3 @@ def interior_from_labels(labels: np.ndarray) -> np.ndarray:
         interior[tuple(s.start + c for s, c in zip(box, centre))] = True
     return interior
 
-
-__all__ = ["HEADS", "bce_dice_loss", "bce_loss", "dice_loss", "interior_from_labels", "targets_from_labels"]

@@ -1,17 +1,14 @@
-"""Evaluation: pixel overlap, instance matching and count error.
+"""Evaluation: pixel overlap, instance matching and count error (numpy only).
 
-Vocabulary (see the project's DESIGN.md):
-
-- Pixel: :func:`dice` and :func:`iou` of two binary masks.
+- Pixel: :func:`dice` and :func:`iou` of two binary masks (one formula: :func:`overlap_scores`).
 - Instance: true and predicted nuclei are matched one-to-one by IoU with an optimal assignment
-  (:func:`scipy.optimize.linear_sum_assignment`); at threshold ``t`` a match is a true positive when
-  its IoU >= ``t`` (inclusive). Precision TP/(TP+FP), recall TP/(TP+FN), F1, and the 2018 Data
-  Science Bowl score AP(t) = TP/(TP+FP+FN), averaged over t = 0.50, 0.55, ..., 0.95 (:func:`mean_ap`).
+  (:func:`scipy.optimize.linear_sum_assignment`); at threshold ``t`` a match is a true positive when its
+  IoU >= ``t``. Precision TP/(TP+FP), recall TP/(TP+FN), F1, and the 2018 Data Science Bowl score
+  AP(t) = TP/(TP+FP+FN), averaged over t = 0.50, 0.55, ..., 0.95 (:func:`mean_ap`).
 - Count: absolute and relative error of the nucleus count (:func:`count_error`).
 
-Conventions for empty images: when there are neither true nor predicted nuclei every ratio is 1.0
-(nothing to find, nothing wrongly found); otherwise a ratio whose denominator is zero is 0.0.
-Label ids need not be sequential: ``{0, 7, 42}`` is a valid label image with two nuclei.
+With neither true nor predicted nuclei every ratio is 1.0 (nothing to find, nothing wrongly found); otherwise
+a ratio whose denominator is zero is 0.0. Label ids need not be sequential: ``{0, 7, 42}`` holds two nuclei.
 """
 
 from __future__ import annotations
@@ -33,18 +30,8 @@ def _check_same_shape(a: np.ndarray, b: np.ndarray, what: str) -> None:
 def overlap_scores(intersection: float, pred_area: float, true_area: float) -> tuple[float, float]:
     """Dice 2|A∩B| / (|A|+|B|) and IoU |A∩B| / |A∪B| from the three areas; both 1.0 when A and B are empty.
 
-    The one place where pixel Dice and IoU are computed: :func:`dice`, :func:`iou` and the validation
-    pass of training (which sums the areas over batches) all call it.
-
-    Parameters
-    ----------
-    intersection, pred_area, true_area : float
-        |A∩B|, |A| and |B| in pixels (sums over any number of images).
-
-    Returns
-    -------
-    tuple of float
-        ``(dice, iou)``.
+    The one place where pixel Dice and IoU are computed: :func:`dice`, :func:`iou`, :func:`evaluate_instances` and
+    the validation pass of training (which sums the areas over batches) all call it.
 
     Examples
     --------
@@ -65,52 +52,20 @@ def _areas(pred_mask: np.ndarray, true_mask: np.ndarray, what: str) -> tuple[int
 
 
 def dice(pred_mask: np.ndarray, true_mask: np.ndarray) -> float:
-    """Dice coefficient 2|A∩B| / (|A|+|B|) of two binary masks (nonzero = foreground).
-
-    Parameters
-    ----------
-    pred_mask, true_mask : np.ndarray
-        Arrays of the same shape; any nonzero value counts as foreground (so label images work too).
-
-    Returns
-    -------
-    float
-        Dice in [0, 1]; 1.0 when both masks are empty.
-
-    Raises
-    ------
-    ValueError
-        If the shapes differ.
+    """Dice coefficient 2|A∩B| / (|A|+|B|) of two masks of the same shape (nonzero = foreground); 1.0 if both empty.
 
     Examples
     --------
     >>> a = np.zeros((4, 4)); a[:2, :2] = 1          # 4 pixels
     >>> b = np.zeros((4, 4)); b[:2, :1] = 1          # 2 of them
-    >>> dice(a, b)                                    # 2*2 / (4+2)
-    0.6666666666666666
-    >>> dice(np.zeros((2, 2)), np.zeros((2, 2)))
-    1.0
+    >>> dice(a, b), dice(np.zeros((2, 2)), np.zeros((2, 2)))   # 2*2 / (4+2)
+    (0.6666666666666666, 1.0)
     """
     return overlap_scores(*_areas(pred_mask, true_mask, "dice"))[0]
 
 
 def iou(pred_mask: np.ndarray, true_mask: np.ndarray) -> float:
-    """Intersection over union |A∩B| / |A∪B| of two binary masks (nonzero = foreground).
-
-    Parameters
-    ----------
-    pred_mask, true_mask : np.ndarray
-        Arrays of the same shape; any nonzero value counts as foreground.
-
-    Returns
-    -------
-    float
-        IoU in [0, 1]; 1.0 when both masks are empty.
-
-    Raises
-    ------
-    ValueError
-        If the shapes differ.
+    """Intersection over union |A∩B| / |A∪B| of two masks of one shape (nonzero = foreground); 1.0 if both empty.
 
     Examples
     --------
@@ -123,39 +78,17 @@ def iou(pred_mask: np.ndarray, true_mask: np.ndarray) -> float:
 
 
 def iou_matrix(true_labels: np.ndarray, pred_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """IoU of every true nucleus with every predicted nucleus.
+    """IoU of every true nucleus with every predicted nucleus: ``(ious (n_true, n_pred), true_ids, pred_ids)``.
 
-    Computed in one pass from the joint histogram (sparse contingency table) of the two label
-    images, not with a loop over pairs: intersections are the counts of each (true id, pred id)
-    pixel pair, and union = area_true + area_pred - intersection.
-
-    Parameters
-    ----------
-    true_labels, pred_labels : np.ndarray
-        Integer instance label images of the same shape; 0 is background, ids need not be sequential.
-
-    Returns
-    -------
-    ious : np.ndarray
-        float64 array (n_true, n_pred).
-    true_ids, pred_ids : np.ndarray
-        The label id of each row and column (sorted).
-
-    Raises
-    ------
-    ValueError
-        If the shapes differ or the labels are not integers.
+    The label images are integers >= 0 of the same shape (0 = background). Computed in one pass from their joint
+    histogram (no loop over pairs): the intersections are the counts of each (true id, pred id) pixel pair, and
+    union = area_true + area_pred - intersection. The ids of the rows and columns are sorted.
 
     Examples
     --------
-    >>> t = np.array([[5, 5, 0, 9]])
-    >>> p = np.array([[1, 0, 0, 2]])
-    >>> ious, tid, pid = iou_matrix(t, p)
-    >>> ious
-    array([[0.5, 0. ],
-           [0. , 1. ]])
-    >>> tid.tolist(), pid.tolist()
-    ([5, 9], [1, 2])
+    >>> ious, true_ids, pred_ids = iou_matrix(np.array([[5, 5, 0, 9]]), np.array([[1, 0, 0, 2]]))
+    >>> ious.tolist(), true_ids.tolist(), pred_ids.tolist()
+    ([[0.5, 0.0], [0.0, 1.0]], [5, 9], [1, 2])
     """
     true_labels, pred_labels = np.asarray(true_labels), np.asarray(pred_labels)
     _check_same_shape(true_labels, pred_labels, "iou_matrix")
@@ -215,26 +148,13 @@ def _match_counts(ious: np.ndarray, iou_threshold: float) -> tuple[int, float]:
 def matched_pairs(
     true_labels: np.ndarray, pred_labels: np.ndarray, iou_threshold: float = 0.5
 ) -> list[tuple[int, int, float]]:
-    """The matched nuclei themselves: ``(true id, predicted id, IoU)`` for each one-to-one match.
+    """The matches of :func:`matching` themselves: ``(true id, predicted id, IoU)`` for each one-to-one match.
 
-    The same optimal assignment as :func:`matching`; true ids not listed are missed nuclei (false
-    negatives), predicted ids not listed are false nuclei (false positives).
-
-    Parameters
-    ----------
-    true_labels, pred_labels : np.ndarray
-        Integer instance label images of the same shape.
-    iou_threshold : float
-        Smallest IoU that counts as a match.
-
-    Returns
-    -------
-    list of (int, int, float)
+    True ids not listed are missed nuclei (false negatives), predicted ids not listed false ones (false positives).
 
     Examples
     --------
-    >>> t = np.array([[1, 1, 0, 2, 2]]); p = np.array([[7, 7, 0, 0, 3]])
-    >>> matched_pairs(t, p)
+    >>> matched_pairs(np.array([[1, 1, 0, 2, 2]]), np.array([[7, 7, 0, 0, 3]]))
     [(1, 7, 1.0), (2, 3, 0.5)]
     """
     ious, true_ids, pred_ids = iou_matrix(true_labels, pred_labels)
@@ -260,45 +180,22 @@ def _scores(tp: int, n_true: int, n_pred: int, iou_sum: float) -> dict[str, floa
 
 
 def matching(true_labels: np.ndarray, pred_labels: np.ndarray, iou_threshold: float = 0.5) -> dict[str, float]:
-    """Match true and predicted nuclei one-to-one and score the result at one IoU threshold.
+    """Match true and predicted nuclei one-to-one and score the result at one IoU threshold (in [0, 1]).
 
-    The assignment is optimal (:func:`scipy.optimize.linear_sum_assignment` on the IoU matrix):
-    it maximizes the number of pairs with IoU >= ``iou_threshold`` (inclusive). For thresholds
-    >= 0.5 each nucleus can overlap at most one partner that much, so the matching is unique anyway.
-
-    Parameters
-    ----------
-    true_labels, pred_labels : np.ndarray
-        Integer instance label images of the same shape, 0 = background, ids need not be sequential.
-    iou_threshold : float, optional
-        Minimum IoU of a true positive, in [0, 1]. Default 0.5.
-
-    Returns
-    -------
-    dict
-        ``tp``, ``fp``, ``fn``, ``n_true``, ``n_pred`` (ints) and ``precision``, ``recall``, ``f1``,
-        ``ap`` = TP/(TP+FP+FN), ``mean_matched_iou`` (mean IoU of the true positives). With neither
-        true nor predicted nuclei every ratio is 1.0; otherwise a ratio with a zero denominator is 0.0.
-
-    Raises
-    ------
-    ValueError
-        If the shapes differ, the labels are not integers, or the threshold is outside [0, 1].
+    The assignment maximizes the number of pairs with IoU >= ``iou_threshold``; for thresholds >= 0.5 each nucleus
+    can overlap at most one partner that much, so the matching is unique anyway. Returns ``tp``, ``fp``, ``fn``,
+    ``n_true``, ``n_pred``, ``precision``, ``recall``, ``f1``, ``ap`` = TP/(TP+FP+FN) and ``mean_matched_iou``.
 
     Examples
     --------
-    Two true squares; one is found exactly, the other only as a copy shifted by one column
-    (IoU 2/6 = 0.33), and one prediction is a false detection:
+    Two true squares; one is found exactly, the other only as a copy shifted by one column (IoU 2/6), and one
+    prediction is a false detection:
 
     >>> t = np.zeros((6, 9), int); t[0:2, 0:2] = 1; t[0:2, 4:6] = 2
     >>> p = np.zeros((6, 9), int); p[0:2, 0:2] = 3; p[0:2, 5:7] = 8; p[4:6, 7:9] = 9
     >>> m = matching(t, p, 0.5)
-    >>> m["tp"], m["fp"], m["fn"], m["ap"]
-    (1, 2, 1, 0.25)
-    >>> matching(t, p, 0.3)["tp"]                     # the shifted square counts at IoU >= 0.3
-    2
-    >>> matching(np.zeros((3, 3), int), np.zeros((3, 3), int))["f1"]
-    1.0
+    >>> m["tp"], m["fp"], m["fn"], m["ap"], matching(t, p, 0.3)["tp"]
+    (1, 2, 1, 0.25, 2)
     """
     if not 0.0 <= float(iou_threshold) <= 1.0:
         raise ValueError(f"matching: iou_threshold must be in [0, 1], got {iou_threshold}")
@@ -310,19 +207,7 @@ def matching(true_labels: np.ndarray, pred_labels: np.ndarray, iou_threshold: fl
 def matching_curve(
     true_labels: np.ndarray, pred_labels: np.ndarray, thresholds: Sequence[float] = DSB_THRESHOLDS
 ) -> dict[str, np.ndarray]:
-    """:func:`matching` at several IoU thresholds (the IoU matrix is computed once), for plotting.
-
-    Parameters
-    ----------
-    true_labels, pred_labels : np.ndarray
-        Integer instance label images of the same shape.
-    thresholds : sequence of float, optional
-        IoU thresholds; default 0.50, 0.55, ..., 0.95.
-
-    Returns
-    -------
-    dict
-        ``threshold`` and each key of :func:`matching` as a 1-D array, one value per threshold.
+    """:func:`matching` at several IoU thresholds (the IoU matrix computed once): each key an array, plus ``threshold``.
 
     Examples
     --------
@@ -342,19 +227,7 @@ def matching_curve(
 
 
 def mean_ap(true_labels: np.ndarray, pred_labels: np.ndarray, thresholds: Sequence[float] = DSB_THRESHOLDS) -> float:
-    """The 2018 Data Science Bowl score of one image: AP(t) = TP/(TP+FP+FN) averaged over thresholds.
-
-    Parameters
-    ----------
-    true_labels, pred_labels : np.ndarray
-        Integer instance label images of the same shape.
-    thresholds : sequence of float, optional
-        IoU thresholds; default 0.50, 0.55, ..., 0.95.
-
-    Returns
-    -------
-    float
-        Mean AP in [0, 1].
+    """The 2018 Data Science Bowl score of one image: AP(t) = TP/(TP+FP+FN) averaged over the thresholds.
 
     Examples
     --------
@@ -367,23 +240,7 @@ def mean_ap(true_labels: np.ndarray, pred_labels: np.ndarray, thresholds: Sequen
 
 
 def count_error(true_count: int, pred_count: int) -> dict[str, float]:
-    """Absolute and relative error of a nucleus count.
-
-    Parameters
-    ----------
-    true_count, pred_count : int
-        Number of true and of predicted nuclei (>= 0).
-
-    Returns
-    -------
-    dict
-        ``abs_error`` = |pred - true|, ``signed_error`` = pred - true, and ``rel_error`` =
-        |pred - true| / max(true, 1) (the max keeps images without nuclei finite).
-
-    Raises
-    ------
-    ValueError
-        If a count is negative.
+    """Absolute, signed and relative error of a nucleus count; ``rel_error`` is |pred - true| / max(true, 1).
 
     Examples
     --------
@@ -402,32 +259,14 @@ def evaluate_instances(
     pred_list: Sequence[np.ndarray],
     thresholds: Sequence[float] = DSB_THRESHOLDS,
 ) -> dict[str, float]:
-    """Instance, pixel and count metrics over many images.
+    """Instance, pixel and count metrics over many pairs of label images (shapes may differ between pairs).
 
-    Aggregation: TP, FP and FN are **summed over all images** before the ratios are taken
-    (so crowded images weigh more, and an image without nuclei cannot dominate). The mean of the
-    per-image scores, as in the 2018 Data Science Bowl leaderboard, is given too (``*_per_image``).
-
-    Parameters
-    ----------
-    true_list, pred_list : sequence of np.ndarray
-        Integer instance label images, paired by position (shapes may differ between pairs).
-    thresholds : sequence of float, optional
-        IoU thresholds of the mean AP; must contain 0.5. Default 0.50, ..., 0.95.
-
-    Returns
-    -------
-    dict
-        ``ap50``, ``f1_50``, ``precision_50``, ``recall_50``, ``mean_ap`` (pooled counts),
-        ``ap50_per_image``, ``mean_ap_per_image`` (mean over images), ``count_mae``, ``count_mre``
-        (mean absolute and relative count error per image), ``pixel_dice``, ``pixel_iou``
-        (foreground pooled over images), ``n_true``, ``n_pred``, ``n_images``, and ``ap_by_threshold``
-        (pooled AP at each threshold, for plotting).
-
-    Raises
-    ------
-    ValueError
-        If the lists are empty or differ in length, or 0.5 is not among the thresholds.
+    TP, FP and FN are summed over all images before the ratios are taken (so crowded images weigh more, and an
+    image without nuclei cannot dominate); the mean of the per-image scores, as on the 2018 Data Science Bowl
+    leaderboard, is given too. Returns ``ap50``, ``f1_50``, ``precision_50``, ``recall_50``, ``mean_ap``,
+    ``ap50_per_image``, ``mean_ap_per_image``, ``count_mae``, ``count_mre`` (mean absolute and relative count
+    error per image), ``pixel_dice``, ``pixel_iou``, ``n_true``, ``n_pred``, ``n_images`` and ``ap_by_threshold``.
+    The ``thresholds`` must contain 0.5.
 
     Examples
     --------
@@ -438,47 +277,32 @@ def evaluate_instances(
     (0.75, 0.5, 2)
     """
     if len(true_list) != len(pred_list) or len(true_list) == 0:
-        raise ValueError(
-            f"evaluate_instances: need equally many true and predicted label images, "
-            f"got {len(true_list)} and {len(pred_list)}"
-        )
+        raise ValueError(f"evaluate_instances: need equally many true and predicted label images, "
+                         f"got {len(true_list)} and {len(pred_list)}")
     thresholds = np.asarray(thresholds, dtype=float)
     at_half = np.flatnonzero(np.isclose(thresholds, 0.5))
     if len(at_half) == 0:
         raise ValueError("evaluate_instances: thresholds must contain 0.5")
-    sums = {key: np.zeros(len(thresholds)) for key in ("tp", "fp", "fn")}
-    per_image_ap, abs_errors, rel_errors = [], [], []
-    n_true = n_pred = inter = fg_true = fg_pred = 0
-    for true_labels, pred_labels in zip(true_list, pred_list):
-        curve = matching_curve(true_labels, pred_labels, thresholds)
-        for key in sums:
-            sums[key] += curve[key]
-        per_image_ap.append(curve["ap"])
-        nt, np_ = int(curve["n_true"][0]), int(curve["n_pred"][0])
-        n_true, n_pred = n_true + nt, n_pred + np_
-        err = count_error(nt, np_)
-        abs_errors.append(err["abs_error"])
-        rel_errors.append(err["rel_error"])
-        t_fg, p_fg = np.asarray(true_labels) != 0, np.asarray(pred_labels) != 0
-        inter += int((t_fg & p_fg).sum())
-        fg_true, fg_pred = fg_true + int(t_fg.sum()), fg_pred + int(p_fg.sum())
-    both_empty = n_true == 0 and n_pred == 0
-    tp, fp, fn = sums["tp"], sums["fp"], sums["fn"]
-    ap = np.array([_ratio(tp[i], tp[i] + fp[i] + fn[i], both_empty) for i in range(len(thresholds))])
-    i50 = int(at_half[0])
-    per_image_ap = np.asarray(per_image_ap)
+    curves = [matching_curve(t, p, thresholds) for t, p in zip(true_list, pred_list)]
+    n_true, n_pred = (sum(int(curve[key][0]) for curve in curves) for key in ("n_true", "n_pred"))
+    pooled = [_scores(int(tp), n_true, n_pred, 0.0) for tp in np.sum([curve["tp"] for curve in curves], axis=0)]
+    ap, at_50 = np.array([scores["ap"] for scores in pooled]), pooled[int(at_half[0])]
+    per_image_ap = np.array([curve["ap"] for curve in curves])
+    errors = [count_error(curve["n_true"][0], curve["n_pred"][0]) for curve in curves]
+    areas = np.sum([_areas(p, t, "evaluate_instances") for t, p in zip(true_list, pred_list)], axis=0)
+    pixel_dice, pixel_iou = overlap_scores(*areas.tolist())
     return {
-        "ap50": float(ap[i50]),
-        "f1_50": _ratio(2 * tp[i50], 2 * tp[i50] + fp[i50] + fn[i50], both_empty),
-        "precision_50": _ratio(tp[i50], tp[i50] + fp[i50], both_empty),
-        "recall_50": _ratio(tp[i50], tp[i50] + fn[i50], both_empty),
+        "ap50": at_50["ap"],
+        "f1_50": at_50["f1"],
+        "precision_50": at_50["precision"],
+        "recall_50": at_50["recall"],
         "mean_ap": float(ap.mean()),
-        "ap50_per_image": float(per_image_ap[:, i50].mean()),
+        "ap50_per_image": float(per_image_ap[:, int(at_half[0])].mean()),
         "mean_ap_per_image": float(per_image_ap.mean()),
-        "count_mae": float(np.mean(abs_errors)),
-        "count_mre": float(np.mean(rel_errors)),
-        "pixel_dice": _ratio(2 * inter, fg_true + fg_pred, fg_true + fg_pred == 0),
-        "pixel_iou": _ratio(inter, fg_true + fg_pred - inter, fg_true + fg_pred == 0),
+        "count_mae": float(np.mean([error["abs_error"] for error in errors])),
+        "count_mre": float(np.mean([error["rel_error"] for error in errors])),
+        "pixel_dice": pixel_dice,
+        "pixel_iou": pixel_iou,
         "n_true": n_true,
         "n_pred": n_pred,
         "n_images": len(true_list),

@@ -1,14 +1,10 @@
-"""The U-Net: a small encoder-decoder with skip connections, and helpers to inspect it.
+"""The U-Net (Ronneberger et al. 2015) at a teaching size, and helpers to inspect it.
 
-The network follows Ronneberger et al. (2015) at a teaching size. Each level applies two
-3x3 convolutions (each followed by BatchNorm and ReLU); the encoder halves the image with 2x2
-max pooling and doubles the channels, the decoder doubles the image with a 2x2 transposed
-convolution, concatenates the encoder features of the same size (the skip connection) and
-applies two more 3x3 convolutions. A 1x1 convolution turns the last features into one logit
-per output channel and pixel.
-
-:func:`probabilities_from_logits` is the one place where logits become probabilities: the
-losses, the evaluation and the prediction code all call it.
+Each level applies two 3x3 convolutions, each followed by BatchNorm and ReLU; the encoder halves the image
+with 2x2 max pooling and doubles the channels; the decoder doubles the image with a 2x2 transposed convolution,
+concatenates the encoder features of the same size (the skip connection) and applies two more 3x3
+convolutions. A 1x1 convolution turns the last features into one logit per output channel and pixel.
+:func:`probabilities_from_logits` is the one place where logits become probabilities.
 """
 
 from __future__ import annotations
@@ -21,17 +17,7 @@ from torch.nn import functional as F
 
 
 def probabilities_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Turn logits into probabilities with the sigmoid (the single sigmoid of the library).
-
-    Parameters
-    ----------
-    logits : torch.Tensor
-        Raw network outputs of any shape.
-
-    Returns
-    -------
-    torch.Tensor
-        ``sigmoid(logits)``, same shape, values in [0, 1].
+    """Probabilities from logits: the sigmoid, the only one of the library (losses, evaluation, prediction).
 
     Examples
     --------
@@ -54,19 +40,9 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    """Two 3x3 convolutions, each followed by BatchNorm and ReLU (size-preserving).
+    """Two size-preserving 3x3 convolutions, each followed by BatchNorm and ReLU: ``conv, bn, relu, conv, bn, relu``.
 
     The convolutions carry no bias: the BatchNorm that follows has its own shift.
-
-    Parameters
-    ----------
-    in_channels, out_channels : int
-        Channels in and out.
-
-    Returns
-    -------
-    torch.nn.Sequential
-        ``conv, bn, relu, conv, bn, relu``.
 
     Examples
     --------
@@ -88,19 +64,12 @@ class UNet(nn.Module):
 
     Parameters
     ----------
-    in_channels : int
-        Image channels (1 for a fluorescence nucleus channel).
-    out_channels : int
-        Output channels: 1 for the nucleus mask, 2 with the "interior" channel.
+    in_channels, out_channels : int
+        Image channels (1: a nucleus stain); outputs (1: the nucleus mask, 2: and the "interior").
     base : int
-        Channels of the first level; level ``i`` has ``base * 2**i`` channels.
+        Channels of the first level; level ``i`` has ``base * 2**i``.
     depth : int
         Number of 2x2 poolings; the bottleneck sees the image at ``1 / 2**depth`` size.
-
-    Raises
-    ------
-    ValueError
-        For non-positive sizes.
 
     Examples
     --------
@@ -134,57 +103,29 @@ class UNet(nn.Module):
     @property
     def config(self) -> dict[str, int]:
         """Constructor arguments, enough to rebuild the network: ``UNet(**net.config)``."""
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels, "base": self.base, "depth": self.depth}
+        return {name: getattr(self, name) for name in ("in_channels", "out_channels", "base", "depth")}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, out_channels, H, W)`` for images ``(N, in_channels, H, W)`` of any H, W."""
-        return self._forward(images, record=None)
-
-    def _forward(self, images: torch.Tensor, record: list | None) -> torch.Tensor:
         height, width = images.shape[-2:]
         x = pad_to_multiple(images, 2**self.depth)
-        if record is not None:
-            record.append(("input", tuple(images.shape)))
-            record.append(("padded input", tuple(x.shape)))
         skips = []
         for level, block in enumerate(self.encoder):
-            if level > 0:
-                x = self.pool(x)
-            x = block(x)
-            if record is not None:
-                record.append((f"encoder {level}" if level < self.depth else "bottleneck", tuple(x.shape)))
+            x = block(self.pool(x) if level > 0 else x)
             skips.append(x)
         skips.pop()  # the bottleneck output is not a skip connection
-        for step, (up, block) in enumerate(zip(self.upsample, self.decoder)):
+        for up, block in zip(self.upsample, self.decoder):
             x = block(torch.cat([skips.pop(), up(x)], dim=1))
-            if record is not None:
-                record.append((f"decoder {self.depth - 1 - step}", tuple(x.shape)))
         logits = self.head(x)
         top, left = (logits.shape[-2] - height) // 2, (logits.shape[-1] - width) // 2
-        logits = logits[..., top : top + height, left : left + width]
-        if record is not None:
-            record.append(("logits", tuple(logits.shape)))
-        return logits
+        return logits[..., top : top + height, left : left + width]
 
 
 def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad the last two axes symmetrically up to a multiple of ``multiple``.
+    """Pad ``(N, C, H, W)`` images symmetrically to the next multiples of ``multiple``.
 
-    Reflection padding keeps the image statistics at the border; an image too small to reflect
-    (padding as large as the image) is padded by repeating its edge pixels instead.
-
-    Parameters
-    ----------
-    images : torch.Tensor
-        ``(N, C, H, W)``.
-    multiple : int
-        Target multiple for H and W.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(N, C, H', W')`` with ``H' >= H``, ``W' >= W`` multiples of ``multiple``; the original sits at
-        offset ``((H' - H) // 2, (W' - W) // 2)``.
+    Reflection keeps the image statistics at the border; an image too small to reflect (padding as large
+    as the image) repeats its edge pixels instead. The original sits at offset ``((H' - H) // 2, (W' - W) // 2)``.
 
     Examples
     --------
@@ -206,19 +147,9 @@ def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 def describe_shapes(model: UNet, size: int = 128) -> list[tuple[str, tuple[int, ...]]]:
-    """Tensor shape after each level for one ``size x size`` image (for printing the architecture).
+    """``(name, shape)`` after each level for one ``size x size`` image, from the input to the logits.
 
-    Parameters
-    ----------
-    model : UNet
-        The network (left in its current train/eval mode).
-    size : int
-        Height and width of the dummy input image.
-
-    Returns
-    -------
-    list of (str, tuple)
-        ``(name, shape)`` from the input through encoder levels, bottleneck, decoder levels, to the logits.
+    The model is left in its train or eval mode.
 
     Examples
     --------
@@ -233,28 +164,27 @@ def describe_shapes(model: UNet, size: int = 128) -> list[tuple[str, tuple[int, 
     decoder 0 (1, 4, 8, 8)
     logits (1, 1, 8, 8)
     """
+    names = [(block, f"encoder {level}" if level < model.depth else "bottleneck")
+             for level, block in enumerate(model.encoder)]
+    names += [(block, f"decoder {model.depth - 1 - step}") for step, block in enumerate(model.decoder)]
     record: list = []
+    hooks = [block.register_forward_hook(lambda _, __, out, name=name: record.append((name, tuple(out.shape))))
+             for block, name in names]
+    image = torch.zeros(1, model.in_channels, size, size, device=model_device(model))
     was_training = model.training
-    device = next(model.parameters()).device
-    model.eval()
-    with torch.no_grad():
-        model._forward(torch.zeros(1, model.in_channels, size, size, device=device), record=record)
-    model.train(was_training)
-    return record
+    try:
+        with torch.no_grad():
+            logits = model.eval()(image)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    padded = tuple(pad_to_multiple(image, 2**model.depth).shape)
+    return [("input", tuple(image.shape)), ("padded input", padded), *record, ("logits", tuple(logits.shape))]
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Any module.
-
-    Returns
-    -------
-    int
-        Sum of ``numel`` over parameters with ``requires_grad``.
+    """Number of trainable parameters (``numel`` of those with ``requires_grad``).
 
     Examples
     --------
@@ -285,22 +215,10 @@ def _decoder_span(level: int, depth: int, first: int, last: int) -> tuple[int, i
 def receptive_field(depth: int) -> int:
     """Receptive field (pixels along one axis) of one output pixel of :class:`UNet`.
 
-    Exact interval arithmetic, layer by layer: a 3x3 convolution widens the window by one feature
-    on each side; a 2x2 max pool maps features ``i..j`` to inputs ``2i..2j+1``; a 2x2 stride-2
-    transposed convolution maps outputs ``i..j`` to inputs ``i//2..j//2``; a skip connection joins
-    the two windows. Because pooling and up-convolution windows sit on a fixed even grid, the
-    field depends a little on where the pixel lies (depth 3: 92 to 100 px); this returns the
-    largest over positions. Independent of ``base``.
-
-    Parameters
-    ----------
-    depth : int
-        Number of poolings.
-
-    Returns
-    -------
-    int
-        Width of the largest square input window that can influence one output pixel.
+    Exact interval arithmetic, layer by layer: a 3x3 convolution widens the window by one on each side; a 2x2
+    max pool maps features ``i..j`` to inputs ``2i..2j+1``; a 2x2 stride-2 transposed convolution maps outputs
+    ``i..j`` to inputs ``i//2..j//2``; a skip connection joins the two windows. Pooling windows sit on a fixed
+    grid, so the field depends a little on the pixel's position: this is the largest. Independent of ``base``.
 
     Examples
     --------
@@ -317,20 +235,9 @@ def receptive_field(depth: int) -> int:
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """Inference copy with each BatchNorm folded into the convolution before it.
 
-    In eval mode BatchNorm is a fixed per-channel affine map ``y = a * x + b``, so it can be
-    merged into the preceding convolution's weights and bias: the copy gives the same outputs
-    as ``model.eval()`` (up to rounding) with fewer operations. The input model is unchanged.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        A network whose BatchNorm layers directly follow convolutions inside ``nn.Sequential``
-        blocks (as in :class:`UNet`).
-
-    Returns
-    -------
-    torch.nn.Module
-        A folded copy in eval mode (BatchNorm layers replaced by ``nn.Identity``).
+    In eval mode BatchNorm is a fixed per-channel affine map ``y = a * x + b``, so it merges into the preceding
+    convolution's weights and bias: the copy gives ``model.eval()``'s outputs (up to rounding) with fewer
+    operations. The BatchNorm layers must follow convolutions inside ``nn.Sequential`` blocks (as in :class:`UNet`).
 
     Examples
     --------
@@ -375,16 +282,6 @@ def unet_parameter_count(in_channels: int = 1, out_channels: int = 1, base: int 
     Per 3x3 convolution ``9 * c_in * c_out`` weights (no bias) and ``2 * c_out`` BatchNorm
     parameters; per transposed convolution ``4 * c_in * c_out + c_out``; the head ``c * out + out``.
 
-    Parameters
-    ----------
-    in_channels, out_channels, base, depth : int
-        As for :class:`UNet`.
-
-    Returns
-    -------
-    int
-        The count that :func:`count_parameters` reports for ``UNet(...)``.
-
     Examples
     --------
     >>> unet_parameter_count(base=4, depth=0)  # 9*1*4 + 8 + 9*4*4 + 8 + 4*1 + 1
@@ -402,16 +299,3 @@ def unet_parameter_count(in_channels: int = 1, out_channels: int = 1, base: int 
         total += 4 * widths[i + 1] * widths[i] + widths[i] + block(2 * widths[i], widths[i])
     return total + widths[0] * out_channels + out_channels
 
-
-__all__ = [
-    "UNet",
-    "conv_block",
-    "count_parameters",
-    "describe_shapes",
-    "fold_batchnorm",
-    "model_device",
-    "pad_to_multiple",
-    "probabilities_from_logits",
-    "receptive_field",
-    "unet_parameter_count",
-]

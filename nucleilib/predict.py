@@ -1,37 +1,32 @@
-"""Run a trained model on images of any size and get probabilities, then labels.
+"""Run a trained model on images of any size: probabilities only (counting is :mod:`nucleilib.count`).
 
-- :func:`probabilities`: one 2-D image (8/16-bit or float, any size) -> float32 (C, H, W)
-  probabilities. The image is normalized exactly as in training (``nucleilib.data.normalize_image``,
-  with the checkpoint's settings when ``info`` is given). Small images go through the network whole;
-  large ones in overlapping tiles whose predictions are blended with linear ramp weights (the
-  outer quarter of a shared tile edge, distorted by zero padding, is ignored), so a 1040 x 1388
-  image has no seams and memory stays bounded by the tile size.
+- :func:`probabilities`: one 2-D image (8/16-bit or float, any size) -> float32 (C, H, W) probabilities. The
+  image is normalized exactly as in training (``nucleilib.data.normalize_image``, with the checkpoint's
+  settings when ``info`` is given). Small images go through the network whole; large ones in overlapping
+  tiles whose predictions are blended with linear ramp weights (the outer quarter of a shared tile edge,
+  distorted by zero padding, is ignored), so a large image has no seams and memory stays bounded.
 - :func:`predict_batch`: an already normalized batch (N, 1, H, W) -> probabilities (N, C, H, W).
-- :func:`segment_image`: image -> (instance labels, probabilities), with :mod:`nucleilib.count`.
 
-The model runs as :func:`inference_model` makes it: an ``eval``-mode copy (BatchNorm uses its running
-statistics) with each BatchNorm folded into the convolution before it, in channels-last memory (faster
-convolutions on CPU), under ``torch.inference_mode``; the model passed in is not changed. Logits become
-probabilities in one place: ``nucleilib.model.probabilities_from_logits``.
+The model runs as :func:`inference_model` makes it: an ``eval``-mode copy with each BatchNorm folded into the
+convolution before it, in channels-last memory, under ``torch.inference_mode``; the model passed in is not
+changed. Logits become probabilities in one place: ``nucleilib.model.probabilities_from_logits``.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import weakref
 
 import numpy as np
 import torch
 from torch import nn
 
-from nucleilib.count import DEFAULT_MIN_AREA, labels_from_probabilities
-from nucleilib.data import normalize_image
+from nucleilib.data import normalize_image, tile_starts
+from nucleilib.io import image_2d
 from nucleilib.model import fold_batchnorm, model_device, probabilities_from_logits
 
 # model -> (fingerprint of its weights, inference copy); entries go when the model does.
 _INFERENCE_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
 
 
 def _run(model: nn.Module, batch: torch.Tensor, device: torch.device) -> np.ndarray:
@@ -44,22 +39,11 @@ def _run(model: nn.Module, batch: torch.Tensor, device: torch.device) -> np.ndar
 
 
 def inference_model(model: nn.Module) -> nn.Module:
-    """The form of ``model`` that prediction runs: an eval-mode copy with BatchNorm folded into the
-    convolutions (:func:`nucleilib.model.fold_batchnorm`), in channels-last memory.
+    """The form of ``model`` that prediction runs: an eval-mode copy with BatchNorm folded into the convolutions
+    (:func:`nucleilib.model.fold_batchnorm`), in channels-last memory; ``model`` itself is left unchanged.
 
-    Folding saves a pass over every feature map (in channels-last memory, BatchNorm over 8 channels costs
-    as much as the convolution before it). The copy is cached per model and made anew when the model's
+    Folding saves a pass over every feature map. The copy is cached per model and made anew when the model's
     weights or BatchNorm statistics change (training, ``load_state_dict``, moving it to another device).
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        The trained network; left unchanged (its training flag too).
-
-    Returns
-    -------
-    torch.nn.Module
-        The inference copy (do not train it).
 
     Examples
     --------
@@ -86,28 +70,10 @@ def inference_model(model: nn.Module) -> nn.Module:
 def predict_batch(
     model: nn.Module, images: torch.Tensor | np.ndarray, batch_size: int = 8, device: str | torch.device | None = None
 ) -> np.ndarray:
-    """Probabilities for a batch of already normalized images.
+    """Probabilities (float32 (N, C, H, W)) of a batch of already normalized images (N, 1, H, W).
 
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Maps (N, 1, H, W) to logits (N, C, H, W).
-    images : torch.Tensor or np.ndarray
-        float (N, 1, H, W), normalized as in training (e.g. from ``nucleilib.data.load_npz``).
-    batch_size : int, optional
-        Images per forward pass (bounds memory). Default 8.
-    device : str or torch.device, optional
-        Where to run; default the model's device.
-
-    Returns
-    -------
-    np.ndarray
-        float32 (N, C, H, W) probabilities in [0, 1].
-
-    Raises
-    ------
-    ValueError
-        If ``images`` is not 4-D or batch_size < 1.
+    ``images`` come normalized as in training (e.g. from ``nucleilib.io.load_npz``); ``batch_size`` images go
+    through each forward pass (bounding memory), on ``device`` (default: the model's).
 
     Examples
     --------
@@ -128,45 +94,6 @@ def predict_batch(
     return np.concatenate(parts) if parts else np.zeros((0, 1) + tuple(images.shape[-2:]), np.float32)
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start positions of tiles of size ``tile`` covering ``0..length`` with at least ``overlap`` shared.
-
-    Parameters
-    ----------
-    length : int
-        Image size along the axis.
-    tile : int
-        Tile size (a tile larger than the image is cut to the image).
-    overlap : int
-        Minimum overlap of neighbouring tiles, pixels (< tile).
-
-    Returns
-    -------
-    list of int
-        Evenly spaced starts; the first is 0 and the last is ``length - tile``.
-
-    Raises
-    ------
-    ValueError
-        If overlap is not in [0, tile).
-
-    Examples
-    --------
-    >>> tile_starts(900, 512, 64)                    # two tiles overlapping by 124 px
-    [0, 388]
-    >>> tile_starts(1000, 512, 64)                   # two would overlap by only 24 px
-    [0, 244, 488]
-    >>> tile_starts(300, 512, 64)
-    [0]
-    """
-    if not 0 <= overlap < tile:
-        raise ValueError(f"tile_starts: need 0 <= overlap < tile, got overlap={overlap}, tile={tile}")
-    if length <= tile:
-        return [0]
-    n_tiles = math.ceil((length - overlap) / (tile - overlap))
-    return [int(round(s)) for s in np.linspace(0, length - tile, n_tiles)]
-
-
 def _ramp(size: int, ramp: int, rise_at_start: bool, fall_at_end: bool) -> np.ndarray:
     """1-D blending weight: 1 inside, 0 on the outer quarter of an edge shared with a neighbouring
     tile (where zero padding distorts the prediction), and linear in between."""
@@ -182,21 +109,16 @@ def _ramp(size: int, ramp: int, rise_at_start: bool, fall_at_end: bool) -> np.nd
 
 
 def _prepare_image(image: np.ndarray, normalize: bool, info: dict | None) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim == 3 and 1 in (image.shape[0], image.shape[-1]):
-        image = image.reshape(image.shape[1:] if image.shape[0] == 1 else image.shape[:-1])
-    if image.ndim != 2 or image.size == 0:
-        raise ValueError(
-            f"probabilities: image must be a non-empty 2-D array, got shape {image.shape} "
-            "(read multi-channel files with nucleilib.data.read_image)"
-        )
+    """The image as float32 (H, W), normalized with the checkpoint's settings when ``normalize``."""
+    image = image_2d(image)
     if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
         raise ValueError("probabilities: image contains NaN or inf")
     if not normalize:
         return image.astype(np.float32)
     settings = (info or {}).get("normalization") or {}
     if not isinstance(settings, dict):
-        raise ValueError(f"probabilities: info['normalization'] must be a dict like {{'low': 1.0, 'high': 99.8}}, got {settings!r}")
+        raise ValueError(f"probabilities: info['normalization'] must be a dict like {{'low': 1.0, 'high': 99.8}}, "
+                         f"got {settings!r}")
     options = {key: float(settings[key]) for key in ("low", "high") if key in settings}
     return normalize_image(image, **options).astype(np.float32)
 
@@ -211,39 +133,25 @@ def probabilities(
     batch_size: int = 4,
     device: str | torch.device | None = None,
 ) -> np.ndarray:
-    """Per-pixel probabilities of one image of any size and dtype.
+    """Per-pixel probabilities, float32 (C, H, W), of one 2-D image of any size and dtype.
 
     Parameters
     ----------
     model : torch.nn.Module
         Maps (N, 1, H, W) to logits (N, C, H, W), e.g. ``nucleilib.model.UNet``.
     image : np.ndarray
-        2-D image (uint8, uint16 - also narrow ranges like 110..4095 -, or float).
+        2-D image (uint8, uint16 - also narrow ranges like 110..4095 -, or float), or 2-D with a singleton axis.
     info : dict, optional
-        Checkpoint info from ``load_model``; its ``"normalization"`` dict (``low``/``high``
-        percentiles) overrides the default normalization, so inference matches training.
+        Checkpoint info from ``load_model``: its ``"normalization"`` dict (``low``/``high`` percentiles) overrides
+        the default normalization, so inference matches training.
     normalize : bool, optional
-        Normalize with ``nucleilib.data.normalize_image``; False if the image already is. Default True.
-    tile : int or None, optional
-        Tile size for large images; None runs the whole image at once. Default 512.
-    overlap : int, optional
-        Minimum tile overlap, pixels (< tile); the outer quarter of a shared tile edge gets weight 0,
-        the rest of the overlap blends linearly. Default 64.
+        Normalize with ``nucleilib.data.normalize_image``; False if the image already is.
+    tile, overlap : int, optional
+        Tile size for large images (None: the whole image at once), and the minimum overlap of tiles (< tile).
     batch_size : int, optional
-        Tiles per forward pass. Default 4.
+        Tiles per forward pass.
     device : str or torch.device, optional
         Where to run; default the model's device.
-
-    Returns
-    -------
-    np.ndarray
-        float32 (C, H, W) probabilities in [0, 1], the same H, W as the image.
-
-    Raises
-    ------
-    ValueError
-        If the image is not 2-D (or 2-D with a singleton axis), is empty or not finite, or the
-        overlap is not smaller than the tile.
 
     Examples
     --------
@@ -263,15 +171,13 @@ def probabilities(
         raise ValueError(f"probabilities: need 0 <= overlap < tile, got overlap={overlap}, tile={tile}")
     tile_h, tile_w = min(tile, height), min(tile, width)
     overlap_y, overlap_x = min(overlap, tile_h - 1), min(overlap, tile_w - 1)
-    starts_y, starts_x = tile_starts(height, tile_h, overlap_y), tile_starts(width, tile_w, overlap_x)
-    corners = [(y, x) for y in starts_y for x in starts_x]
+    corners = list(itertools.product(tile_starts(height, tile_h, overlap_y), tile_starts(width, tile_w, overlap_x)))
     total, weight_sum = None, np.zeros((height, width), np.float32)
     net = inference_model(model)
     with torch.inference_mode():
         for i in range(0, len(corners), batch_size):
             chunk = corners[i : i + batch_size]
-            batch = torch.cat([tensor[..., y : y + tile_h, x : x + tile_w] for y, x in chunk])
-            probs = _run(net, batch, device)
+            probs = _run(net, torch.cat([tensor[..., y : y + tile_h, x : x + tile_w] for y, x in chunk]), device)
             if total is None:
                 total = np.zeros((probs.shape[1], height, width), np.float32)
             for (y, x), prob in zip(chunk, probs):
@@ -283,60 +189,3 @@ def probabilities(
                 total[:, y : y + tile_h, x : x + tile_w] += prob * weight
                 weight_sum[y : y + tile_h, x : x + tile_w] += weight
     return total / weight_sum
-
-
-def segment_image(
-    model: nn.Module,
-    image: np.ndarray,
-    info: dict | None = None,
-    threshold: float = 0.5,
-    min_area: int = DEFAULT_MIN_AREA,
-    split: bool = True,
-    tile: int | None = 512,
-    overlap: int = 64,
-    device: str | torch.device | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Instance labels and probabilities of one image: :func:`probabilities` then
-    :func:`nucleilib.count.labels_from_probabilities`.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        The trained network.
-    image : np.ndarray
-        2-D image, any dtype and size.
-    info : dict, optional
-        Checkpoint info (normalization settings).
-    threshold : float, optional
-        Probability threshold. Default 0.5.
-    min_area : int, optional
-        Smallest nucleus kept, pixels. Default ``nucleilib.count.DEFAULT_MIN_AREA``.
-    split : bool, optional
-        Separate touching nuclei (interior seeds when the model has a second channel, else the
-        distance transform). Default True.
-    tile, overlap, device : optional
-        As in :func:`probabilities`.
-
-    Returns
-    -------
-    labels : np.ndarray
-        int32 (H, W) instance labels; ``labels.max()`` is the count.
-    prob : np.ndarray
-        float32 (C, H, W) probabilities.
-
-    Examples
-    --------
-    >>> model = nn.Conv2d(1, 1, 1)
-    >>> _ = nn.init.constant_(model.weight, 20.0), nn.init.constant_(model.bias, -10.0)
-    >>> image = np.zeros((20, 20), np.uint8); image[2:8, 2:8] = image[12:18, 10:16] = 200
-    >>> labels, prob = segment_image(model, image)
-    >>> int(labels.max()), prob.shape
-    (2, (1, 20, 20))
-    """
-    prob = probabilities(model, image, info=info, tile=tile, overlap=overlap, device=device)
-    labels = labels_from_probabilities(prob, threshold=threshold, min_area=min_area, split=split)
-    return labels, prob
-
-
-predict_image = segment_image
-"""Alias of :func:`segment_image` (the name used in DESIGN.md)."""

@@ -2,32 +2,30 @@
 
 Each image is drawn in the order a microscope forms it:
 
-1. **Geometry.** A per-image size scale (nuclei in one field have similar sizes) and density; nuclei are
-   ellipses with a low-frequency wobbly boundary (radial harmonics 1-5) and a random orientation,
-   plus a few compact, very bright mitotic nuclei and tiny micronuclei. Many nuclei are placed next
-   to an earlier one, so clusters of touching nuclei form.
-2. **Labels.** Each pixel belongs to the nucleus whose scaled radial distance ``rho`` (0 at the centre,
-   1 on the boundary) is smallest, and is foreground where that ``rho < 1``: slight overlaps are split
-   along a smooth curve and the labels stay disjoint. The label image is exactly the boundary the
-   intensity is drawn from.
-3. **Intensity.** A flat-topped profile with a soft edge, per-nucleus brightness (dim and bright
-   nuclei in one field), chromatin texture (smoothed noise at two scales), optional dark nucleoli or
-   bright chromocentres, and a darker seam where two nuclei press against each other.
-4. **Optics and background.** Gaussian point-spread blur, a low uneven background (gradient and
-   vignetting), optional cytoplasmic glow, out-of-focus nuclei and debris (none of them labelled).
-5. **Camera.** Poisson photon counts, per-image gain and offset, Gaussian read noise, rounding and
-   clipping: either like an 8-bit camera (values up to 255, often only a few tens of grey levels,
-   as in most 2018 Data Science Bowl images) or a 12-bit one (an offset of about 100-200 and a
-   maximum of 4095, as in BBBC039).
+1. **Geometry.** A per-image size scale (nuclei in one field have similar sizes) and density; nuclei are ellipses
+   with a low-frequency wobbly boundary (radial harmonics 1-5) and a random orientation, plus a few compact, very
+   bright mitotic nuclei and tiny micronuclei. Many nuclei are placed next to an earlier one, so clusters form.
+2. **Labels.** Each pixel belongs to the nucleus whose scaled radial distance ``rho`` (0 at the centre, 1 on the
+   boundary) is smallest, and is foreground where that ``rho < 1``: slight overlaps are split along a smooth curve
+   and the labels stay disjoint. The label image is exactly the boundary the intensity is drawn from.
+3. **Intensity.** A flat-topped profile with a soft edge, per-nucleus brightness (dim and bright nuclei in one
+   field), chromatin texture (smoothed noise at two scales), optional dark nucleoli or bright chromocentres, and a
+   darker seam where two nuclei press against each other.
+4. **Optics and background.** Gaussian point-spread blur, a low uneven background (gradient and vignetting),
+   optional cytoplasmic glow, out-of-focus nuclei and debris (none of them labelled).
+5. **Camera.** Poisson photon counts, per-image gain and offset, Gaussian read noise, rounding and clipping: like
+   an 8-bit camera (values up to 255, often only a few tens of grey levels, as in most 2018 Data Science Bowl
+   images) or a 12-bit one (an offset of about 100-200 and a maximum of 4095, as in BBBC039).
 
-Images are ``uint16`` so that both camera kinds fit one array; the loader normalizes each image by
-its own percentiles, so a model sees the same [0, 1] range either way.
+Images are ``uint16`` so that both camera kinds fit one array; the loader normalizes each image by its own
+percentiles, so a model sees the same [0, 1] range either way.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+from skimage.segmentation import relabel_sequential
 
 _HARMONICS = np.arange(1, 6)  # low radial frequencies: egg, bean and lobed shapes with smooth boundaries
 _MAX_NUCLEI = 42  # per 128 x 128 pixels
@@ -40,8 +38,8 @@ def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
     return float(np.exp(rng.uniform(np.log(low), np.log(high))))
 
 
-def _sample_nuclei(rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
-    """Per-image nucleus geometry, kinds and brightness, placed in clusters with limited overlap."""
+def _field(rng: np.random.Generator, size: int) -> dict[str, float]:
+    """Per-image choices: nucleus size and number, clustering, and the shares of mitotic nuclei and micronuclei."""
     # A third of the fields have small-to-medium nuclei (many DSB2018 images), the rest large ones (BBBC039-like).
     median_radius = _log_uniform(rng, 4.0, 11.0) if rng.random() < 0.35 else rng.uniform(9.0, 18.0)
     radius_spread = rng.uniform(0.08, 0.25)
@@ -54,16 +52,20 @@ def _sample_nuclei(rng: np.random.Generator, size: int) -> dict[str, np.ndarray]
     min_gap = rng.uniform(0.78, 1.0)  # smallest centre distance / (r1 + r2) a placement may have
     mitotic_prob = 0.0 if rng.random() < 0.5 else rng.uniform(0.02, 0.12)
     micronucleus_prob = 0.0 if rng.random() < 0.7 else rng.uniform(0.03, 0.12)
+    return {"median_radius": median_radius, "radius_spread": radius_spread, "n_target": n_target,
+            "cluster_prob": cluster_prob, "min_gap": min_gap, "mitotic_prob": mitotic_prob,
+            "micronucleus_prob": micronucleus_prob}
 
-    xs: list[float] = []
-    ys: list[float] = []
-    radii: list[float] = []
-    kinds: list[int] = []
-    for _ in range(n_target):
-        kind = _MITOTIC if rng.random() < mitotic_prob else _INTERPHASE
-        if kind == _INTERPHASE and rng.random() < micronucleus_prob:
+
+def _place_nuclei(rng: np.random.Generator, size: int, field: dict[str, float]) -> tuple[list, list, list, list]:
+    """Centres ``xs``, ``ys``, ``radii`` and ``kinds`` of the nuclei, many next to an earlier one (clusters)."""
+    min_gap, cluster_prob = field["min_gap"], field["cluster_prob"]
+    xs, ys, radii, kinds = [], [], [], []  # type: ignore[var-annotated]
+    for _ in range(int(field["n_target"])):
+        kind = _MITOTIC if rng.random() < field["mitotic_prob"] else _INTERPHASE
+        if kind == _INTERPHASE and rng.random() < field["micronucleus_prob"]:
             kind = _MICRONUCLEUS
-        radius = median_radius * np.exp(rng.normal(0.0, radius_spread))
+        radius = field["median_radius"] * np.exp(rng.normal(0.0, field["radius_spread"]))
         if kind == _MITOTIC:
             radius *= rng.uniform(0.5, 0.75)
         elif kind == _MICRONUCLEUS:
@@ -86,7 +88,12 @@ def _sample_nuclei(rng: np.random.Generator, size: int) -> dict[str, np.ndarray]
             radii.append(radius)
             kinds.append(kind)
             break
+    return xs, ys, radii, kinds
 
+
+def _sample_nuclei(rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
+    """Per-image nucleus geometry, kinds and brightness, placed in clusters with limited overlap."""
+    xs, ys, radii, kinds = _place_nuclei(rng, size, _field(rng, size))
     n = len(xs)
     kind_arr = np.array(kinds, dtype=np.int64)
     mitotic = kind_arr == _MITOTIC
@@ -181,6 +188,15 @@ def _per_pixel(values: np.ndarray, owner: np.ndarray) -> np.ndarray:
     return np.append(values, 0.0).astype(np.float32)[owner]
 
 
+def _points_inside(rng: np.random.Generator, nuclei: dict[str, np.ndarray], which: np.ndarray,
+                   per_nucleus: tuple[int, int], reach: float) -> tuple[np.ndarray, np.ndarray]:
+    """Random points (ys, xs) in the nuclei ``which``: ``per_nucleus`` low..high-1 each, within ``reach`` x radius."""
+    k = np.repeat(which, rng.integers(*per_nucleus, len(which)))
+    offset_r = nuclei["radius"][k] * reach * np.sqrt(rng.random(len(k)))
+    offset_a = rng.uniform(0.0, 2 * np.pi, len(k))
+    return nuclei["y"][k] + offset_r * np.sin(offset_a), nuclei["x"][k] + offset_r * np.cos(offset_a)
+
+
 def _nucleus_signal(rng: np.random.Generator, nuclei: dict[str, np.ndarray], best_rho: np.ndarray,
                     second_rho: np.ndarray, owner: np.ndarray) -> np.ndarray:
     """Noise-free, unblurred nucleus intensity (1 = a typical nucleus)."""
@@ -202,20 +218,12 @@ def _nucleus_signal(rng: np.random.Generator, nuclei: dict[str, np.ndarray], bes
     signal *= np.exp(texture)
     big = np.flatnonzero((nuclei["radius"] >= 6.0) & (nuclei["kind"] == _INTERPHASE))
     if len(big) and rng.random() < 0.5:  # dark nucleoli, 1-3 per large nucleus
-        count = rng.integers(1, 4, len(big))
-        k = np.repeat(big, count)
-        offset_r = nuclei["radius"][k] * 0.55 * np.sqrt(rng.random(len(k)))
-        offset_a = rng.uniform(0.0, 2 * np.pi, len(k))
-        ys, xs = nuclei["y"][k] + offset_r * np.sin(offset_a), nuclei["x"][k] + offset_r * np.cos(offset_a)
+        ys, xs = _points_inside(rng, nuclei, big, (1, 4), 0.55)
         sigma = rng.uniform(1.0, 2.2)
-        signal *= np.clip(1.0 - _spots(size, ys, xs, rng.uniform(0.15, 0.45, len(k)), sigma), 0.3, 1.0)
+        signal *= np.clip(1.0 - _spots(size, ys, xs, rng.uniform(0.15, 0.45, len(ys)), sigma), 0.3, 1.0)
     elif len(big) and rng.random() < 0.2:  # bright chromocentres (mouse cells)
-        count = rng.integers(3, 9, len(big))
-        k = np.repeat(big, count)
-        offset_r = nuclei["radius"][k] * 0.75 * np.sqrt(rng.random(len(k)))
-        offset_a = rng.uniform(0.0, 2 * np.pi, len(k))
-        ys, xs = nuclei["y"][k] + offset_r * np.sin(offset_a), nuclei["x"][k] + offset_r * np.cos(offset_a)
-        signal *= 1.0 + _spots(size, ys, xs, rng.uniform(0.3, 1.0, len(k)), rng.uniform(0.7, 1.3))
+        ys, xs = _points_inside(rng, nuclei, big, (3, 9), 0.75)
+        signal *= 1.0 + _spots(size, ys, xs, rng.uniform(0.3, 1.0, len(ys)), rng.uniform(0.7, 1.3))
     return signal * _per_pixel(nuclei["brightness"], owner)
 
 
@@ -269,12 +277,9 @@ def _camera(rng: np.random.Generator, light: np.ndarray) -> np.ndarray:
 def make_image(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """Draw one synthetic fluorescence image of nuclei and its exact instance labels.
 
-    Parameters
-    ----------
-    rng : numpy.random.Generator
-        Source of every random choice; the same generator state gives the same image.
-    size : int, default 128
-        Height and width in pixels (at least 16). Nucleus sizes are in pixels and do not scale with it.
+    Every random choice comes from ``rng``: the same generator state gives the same image. ``size`` (an
+    integer of at least 16, else ValueError) is the height and width in pixels; nucleus sizes are in pixels
+    and do not scale with it.
 
     Returns
     -------
@@ -283,19 +288,11 @@ def make_image(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, n
     labels : numpy.ndarray
         ``int32`` (size, size): 0 for background, 1..n for the nuclei (consecutive ids).
 
-    Raises
-    ------
-    ValueError
-        If ``size`` is not an integer of at least 16.
-
     Examples
     --------
     >>> image, labels = make_image(np.random.default_rng(3), size=64)
-    >>> image.shape, image.dtype, labels.dtype
-    ((64, 64), dtype('uint16'), dtype('int32'))
-    >>> ids = np.unique(labels)
-    >>> bool(ids[0] == 0 and (ids == np.arange(len(ids))).all())
-    True
+    >>> image.shape, image.dtype, labels.dtype, bool((np.unique(labels) == np.arange(labels.max() + 1)).all())
+    ((64, 64), dtype('uint16'), dtype('int32'), True)
     """
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < _MIN_SIZE:
         raise ValueError(f"synth.make_image: size must be an integer >= {_MIN_SIZE}, got {size!r}")
@@ -306,29 +303,16 @@ def make_image(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, n
     signal = cv2.GaussianBlur(signal, (0, 0), rng.uniform(0.6, 2.0))  # point-spread function
     light = np.maximum(signal + _background(rng, size, signal), 0.0)
     image = _camera(rng, light)
-    labels = np.where(best_rho < 1.0, owner + 1, 0)
     # Consecutive ids 1..n: nuclei hidden under others or outside the image leave no gap.
-    present = np.bincount(labels.ravel(), minlength=len(nuclei["x"]) + 1) > 0
-    present[0] = False
-    new_ids = np.zeros(len(present), np.int32)
-    new_ids[present] = np.arange(1, int(present.sum()) + 1)
-    return image, new_ids[labels]
+    return image, relabel_sequential(np.where(best_rho < 1.0, owner + 1, 0))[0].astype(np.int32)
 
 
 def make_dataset(n: int = 2000, size: int = 128, seed: int = 0) -> dict[str, np.ndarray]:
     """Draw a synthetic data set in the project's ``.npz`` layout.
 
-    Image ``i`` is drawn from ``np.random.default_rng([seed, i])``, so it is the same whatever ``n``
-    is: a small set is the start of a large one.
-
-    Parameters
-    ----------
-    n : int, default 2000
-        Number of images (0 or more).
-    size : int, default 128
-        Height and width of each image in pixels (at least 16).
-    seed : int, default 0
-        Non-negative seed of the whole set.
+    ``n`` images (0 or more) of ``size`` x ``size`` pixels (at least 16) as :func:`make_image` draws them;
+    image ``i`` from ``np.random.default_rng([seed, i])``, so it is the same whatever ``n`` is: a small set
+    is the start of a large one. ValueError for a negative ``n`` or ``seed``, or ``size`` below 16.
 
     Returns
     -------
@@ -336,19 +320,12 @@ def make_dataset(n: int = 2000, size: int = 128, seed: int = 0) -> dict[str, np.
         ``images`` ``uint16`` (n, size, size); ``masks`` ``uint8`` (n, size, size) in {0, 1};
         ``labels`` ``int32`` (n, size, size) instance labels with ``masks == (labels > 0)``.
 
-    Raises
-    ------
-    ValueError
-        If ``n`` or ``seed`` is negative, or ``size`` is below 16.
-
     Examples
     --------
     >>> data = make_dataset(n=3, size=32, seed=7)
-    >>> data["images"].shape, data["masks"].dtype, data["labels"].dtype
-    ((3, 32, 32), dtype('uint8'), dtype('int32'))
-    >>> bool((data["masks"] == (data["labels"] > 0)).all())
-    True
-    >>> bool((make_dataset(n=1, size=32, seed=7)["images"][0] == data["images"][0]).all())
+    >>> data["images"].shape, data["labels"].dtype, bool(np.all(data["masks"] == (data["labels"] > 0)))
+    ((3, 32, 32), dtype('int32'), True)
+    >>> bool((make_dataset(n=1, size=32, seed=7)["images"][0] == data["images"][0]).all())   # the start of a larger set
     True
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:

@@ -1,6 +1,6 @@
 """Figures for the chapters: image grids with outlines, training curves, and saving to ``figures/``.
 
-Every function returns the matplotlib ``Figure`` so a notebook can show it and save it.
+Every ``*_figure`` or plotting function returns its matplotlib ``Figure``, so a notebook can show it and save it.
 """
 
 from __future__ import annotations
@@ -9,60 +9,24 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
-
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
+
+from nucleilib.count import overlay
+from nucleilib.io import project_root
+from nucleilib.io import atomic_path
 
 
-def figures_dir() -> Path:
-    """The project's ``figures/`` folder (created if needed).
+def save_figure(figure: Figure, name: str, dpi: int = 110) -> str:
+    """Save a figure as ``figures/<name>`` (e.g. ``"01_grid.png"``) atomically: never a half-written PNG.
 
-    Found from the working directory: a notebook runs in ``notebooks/``, the command line in the project root.
-    ``NUCLEILIB_FIGURES`` overrides it.
-
-    Returns
-    -------
-    Path
-        The folder figures are saved to.
-
-    Examples
-    --------
-    >>> from unittest import mock
-    >>> with mock.patch.dict(os.environ, {"NUCLEILIB_FIGURES": ""}):  # no override
-    ...     figures_dir().name
-    'figures'
-    """
-    override = os.environ.get("NUCLEILIB_FIGURES")
-    if override:
-        folder = Path(override)
-    else:
-        from nucleilib.data import project_root
-
-        folder = project_root() / "figures"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def save_figure(figure: "matplotlib.figure.Figure", name: str, dpi: int = 110) -> Path:
-    """Save a figure as ``figures/<name>`` atomically (never a half-written PNG).
-
-    Parameters
-    ----------
-    figure : matplotlib.figure.Figure
-        The figure to save.
-    name : str
-        File name, such as ``"01_grid.png"``.
-    dpi : int, optional
-        Resolution (default 110).
-
-    Returns
-    -------
-    str
-        Where the file was written, relative to the project (``figures/<name>``) when it lies inside it.
+    The folder is ``figures/`` in the project (:func:`nucleilib.io.project_root`), or ``$NUCLEILIB_FIGURES``.
+    Returns where the file was written, relative to the project when it lies inside it.
 
     Examples
     --------
-    >>> import matplotlib.pyplot as plt, tempfile
+    >>> import tempfile
     >>> from unittest import mock
     >>> fig = plt.figure()
     >>> with mock.patch.dict(os.environ, {"NUCLEILIB_FIGURES": tempfile.mkdtemp()}):  # restored afterwards
@@ -70,9 +34,7 @@ def save_figure(figure: "matplotlib.figure.Figure", name: str, dpi: int = 110) -
     'demo.png'
     >>> plt.close(fig)
     """
-    from nucleilib.data import atomic_path, project_root
-
-    path = figures_dir() / name
+    path = Path(os.environ.get("NUCLEILIB_FIGURES") or project_root() / "figures") / name
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     try:
@@ -81,22 +43,11 @@ def save_figure(figure: "matplotlib.figure.Figure", name: str, dpi: int = 110) -
         return str(path)
 
 
-def outline_rgb(image: np.ndarray, labels: np.ndarray | None = None, color: Sequence[float] = (1.0, 0.85, 0.0)) -> np.ndarray:
-    """A gray image in RGB with the outline of every labelled nucleus drawn in ``color``.
-
-    Parameters
-    ----------
-    image : numpy.ndarray
-        2-D image, already normalized to [0, 1].
-    labels : numpy.ndarray, optional
-        2-D instance labels (0 = background).
-    color : sequence of float
-        RGB colour of the outlines, each in [0, 1].
-
-    Returns
-    -------
-    numpy.ndarray
-        Float (H, W, 3) image in [0, 1].
+def outline_rgb(
+    image: np.ndarray, labels: np.ndarray | None = None, color: Sequence[float] = (1.0, 0.85, 0.0)
+) -> np.ndarray:
+    """A 2-D image in [0, 1] as float32 RGB, with every labelled nucleus outlined in ``color`` (by
+    :func:`nucleilib.count.overlay`; no outlines without ``labels``).
 
     Examples
     --------
@@ -105,14 +56,8 @@ def outline_rgb(image: np.ndarray, labels: np.ndarray | None = None, color: Sequ
     >>> rgb.shape, bool(rgb[1, 1, 0] == 1.0), bool(rgb[2, 2, 0] == 0.0)
     ((5, 5, 3), True, True)
     """
-    from skimage.segmentation import find_boundaries
-
     gray = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
-    rgb = np.repeat(gray[..., None], 3, axis=-1)
-    if labels is not None:
-        edges = find_boundaries(labels, mode="inner")
-        rgb[edges] = color
-    return rgb
+    return np.repeat(gray[..., None], 3, axis=-1) if labels is None else overlay(gray, labels, color)
 
 
 def show_grid(
@@ -122,36 +67,17 @@ def show_grid(
     ncols: int = 4,
     size: float = 2.6,
     cmap: str = "gray",
-) -> "matplotlib.figure.Figure":
-    """Show images in a grid, with nucleus outlines when labels are given.
+) -> Figure:
+    """Show images in a grid, ``ncols`` per row and ``size`` inches each, with outlines where labels are given.
 
-    Parameters
-    ----------
-    images : sequence of numpy.ndarray
-        2-D images (normalized to [0, 1] for outlines), or (1, H, W) arrays.
-    labels : sequence of numpy.ndarray, optional
-        Instance labels per image (``None`` entries: no outlines).
-    titles : sequence of str, optional
-        One title per image.
-    ncols : int
-        Images per row.
-    size : float
-        Inches per panel.
-    cmap : str
-        Colour map for images without outlines.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
+    ``images`` are 2-D (normalized to [0, 1] for outlines) or (1, H, W); ``labels`` holds instance labels per image
+    (None entries: no outlines), ``titles`` one title per image; ``cmap`` colours the images without outlines.
 
     Examples
     --------
-    >>> fig = show_grid([np.zeros((4, 4))] * 3, ncols=2)
-    >>> len(fig.axes)
+    >>> len(show_grid([np.zeros((4, 4))] * 3, ncols=2).axes)
     4
     """
-    import matplotlib.pyplot as plt
-
     n = len(images)
     nrows = max(1, int(np.ceil(n / ncols)))
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
@@ -170,19 +96,10 @@ def show_grid(
     return fig
 
 
-def plot_history(history: dict, title: str | None = None) -> "matplotlib.figure.Figure":
+def plot_history(history: dict, title: str | None = None) -> Figure:
     """Training curves: loss (train and validation), validation Dice and learning rate per epoch.
 
-    Parameters
-    ----------
-    history : dict
-        Per-epoch lists ``train_loss``, ``val_loss``, ``val_dice`` and ``lr`` (as returned by ``train.fit``).
-    title : str, optional
-        Figure title.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
+    ``history`` holds per-epoch lists ``train_loss``, ``val_loss``, ``val_dice`` and ``lr``, as ``train.fit`` returns.
 
     Examples
     --------
@@ -190,8 +107,6 @@ def plot_history(history: dict, title: str | None = None) -> "matplotlib.figure.
     >>> len(plot_history(h).axes)
     3
     """
-    import matplotlib.pyplot as plt
-
     epochs = np.arange(1, len(history["train_loss"]) + 1)
     fig, (ax_loss, ax_dice, ax_lr) = plt.subplots(1, 3, figsize=(12, 3.2))
     ax_loss.plot(epochs, history["train_loss"], label="train")
@@ -208,27 +123,14 @@ def plot_history(history: dict, title: str | None = None) -> "matplotlib.figure.
     return fig
 
 
-def normalization_figure(candidates: dict[str, np.ndarray], bins: int = 64) -> "matplotlib.figure.Figure":
-    """One column per normalization: the image (top) and its intensity histogram on [0, 1] (bottom).
-
-    Parameters
-    ----------
-    candidates : dict of str to numpy.ndarray
-        Name of the normalization and the 2-D image it produced.
-    bins : int
-        Histogram bins.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
+def normalization_figure(candidates: dict[str, np.ndarray], bins: int = 64) -> Figure:
+    """One column per normalization (name -> the 2-D image it produced): the image, and its histogram on [0, 1].
 
     Examples
     --------
     >>> len(normalization_figure({"a": np.zeros((4, 4)), "b": np.ones((4, 4))}).axes)
     4
     """
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(2, len(candidates), figsize=(3.2 * len(candidates), 5.6), squeeze=False)
     for column, (name, image) in enumerate(candidates.items()):
         axes[0, column].imshow(image, cmap="gray", vmin=0, vmax=1)
@@ -240,17 +142,8 @@ def normalization_figure(candidates: dict[str, np.ndarray], bins: int = 64) -> "
     return fig
 
 
-def statistics_figure(labels: np.ndarray) -> "matplotlib.figure.Figure":
-    """Histograms of nuclei per image and of nucleus area (pixels) over a labelled data set.
-
-    Parameters
-    ----------
-    labels : numpy.ndarray
-        (N, H, W) instance labels, 0 = background.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
+def statistics_figure(labels: np.ndarray) -> Figure:
+    """Histograms of nuclei per image and of nucleus area (pixels) over (N, H, W) instance labels.
 
     Examples
     --------
@@ -258,8 +151,6 @@ def statistics_figure(labels: np.ndarray) -> "matplotlib.figure.Figure":
     >>> len(statistics_figure(labels).axes)
     2
     """
-    import matplotlib.pyplot as plt
-
     per_image, areas = [], []
     for image_labels in np.asarray(labels).reshape(-1, *np.shape(labels)[-2:]):
         sizes = np.bincount(image_labels.ravel())[1:]
@@ -275,20 +166,11 @@ def statistics_figure(labels: np.ndarray) -> "matplotlib.figure.Figure":
     return fig
 
 
-def unet_diagram(shapes: Sequence[tuple[str, tuple[int, ...]]]) -> "matplotlib.figure.Figure":
-    """Draw the U shape from ``model.describe_shapes``: one box per level, skips as arrows across.
+def unet_diagram(shapes: Sequence[tuple[str, tuple[int, ...]]]) -> Figure:
+    """Draw the U shape from ``model.describe_shapes`` (``(name, (N, C, H, W))`` pairs in forward order).
 
-    Box height follows the image size at that level, box width the number of channels (log scale),
-    so the figure shows the trade the network makes: smaller images, more channels.
-
-    Parameters
-    ----------
-    shapes : sequence of (str, tuple)
-        ``(name, (N, C, H, W))`` pairs in forward order, as returned by ``nucleilib.model.describe_shapes``.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
+    One box per level, its height following the image size and its width the number of channels (log scale), so
+    the figure shows the trade the network makes: smaller images, more channels. Skips are arrows across.
 
     Examples
     --------
@@ -297,7 +179,6 @@ def unet_diagram(shapes: Sequence[tuple[str, tuple[int, ...]]]) -> "matplotlib.f
     >>> len(unet_diagram(shapes).axes)
     1
     """
-    import matplotlib.pyplot as plt
     from matplotlib.patches import FancyArrowPatch, Rectangle
 
     levels = [(name, shape) for name, shape in shapes if name.startswith(("encoder", "bottleneck", "decoder"))]
@@ -330,27 +211,10 @@ def unet_diagram(shapes: Sequence[tuple[str, tuple[int, ...]]]) -> "matplotlib.f
 
 
 def labels_rgb(labels: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Instance labels as colours: every nucleus its own (seeded, random) colour, background black.
+    """2-D instance labels (ids >= 0) as float RGB: every nucleus its own random colour (seeded), background black.
 
-    Random colours rather than a colour map: two touching nuclei with neighbouring ids would
-    otherwise get nearly the same colour and look like one.
-
-    Parameters
-    ----------
-    labels : numpy.ndarray
-        2-D instance labels, 0 = background (ids need not be sequential).
-    seed : int
-        Seed of the colours (the same labels always get the same colours).
-
-    Returns
-    -------
-    numpy.ndarray
-        Float (H, W, 3) image in [0, 1].
-
-    Raises
-    ------
-    ValueError
-        If the labels are not a 2-D integer array with ids >= 0.
+    Random colours rather than a colour map: two touching nuclei with neighbouring ids would otherwise get nearly
+    the same colour and look like one.
 
     Examples
     --------
@@ -367,73 +231,13 @@ def labels_rgb(labels: np.ndarray, seed: int = 0) -> np.ndarray:
     return colours[inverse.reshape(labels.shape)]
 
 
-def count_scatter(true_counts: Sequence[int], predicted: dict[str, Sequence[int]]) -> "matplotlib.figure.Figure":
-    """Predicted against true nucleus count per image, one panel per method, with the diagonal.
-
-    Each panel's title gives the method and its mean absolute count error.
-
-    Parameters
-    ----------
-    true_counts : sequence of int
-        True number of nuclei per image.
-    predicted : dict of str to sequence of int
-        Method name and its count per image (same order as ``true_counts``).
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-
-    Raises
-    ------
-    ValueError
-        If a method's counts do not have one value per image.
-
-    Examples
-    --------
-    >>> fig = count_scatter([3, 5], {"a": [3, 4], "b": [2, 6]})
-    >>> len(fig.axes), fig.axes[0].get_title()
-    (2, 'a\\nmean |error| 0.50')
-    """
-    import matplotlib.pyplot as plt
-
-    true_counts = np.asarray(true_counts)
-    fig, axes = plt.subplots(1, len(predicted), figsize=(2.8 * len(predicted), 3.0), squeeze=False)
-    top = max([int(true_counts.max(initial=0))] + [int(np.max(c, initial=0)) for c in predicted.values()]) + 2
-    for ax, (name, counts) in zip(axes.flat, predicted.items()):
-        counts = np.asarray(counts)
-        if counts.shape != true_counts.shape:
-            raise ValueError(f"count_scatter: {name!r} has {counts.shape} counts for {true_counts.shape} images")
-        ax.plot([0, top], [0, top], color="gray", linewidth=0.8, linestyle="--")
-        ax.scatter(true_counts, counts, s=14, alpha=0.7)
-        ax.set(xlim=(0, top), ylim=(0, top), xlabel="true count", aspect="equal")
-        ax.set_title(f"{name}\nmean |error| {np.abs(counts - true_counts).mean():.2f}", fontsize=9)
-    axes[0, 0].set_ylabel("predicted count")
-    fig.tight_layout()
-    return fig
-
-
 def matching_figure(image: np.ndarray, true_labels: np.ndarray, pred_labels: np.ndarray, iou_threshold: float = 0.5,
-                    title: str | None = None) -> "matplotlib.figure.Figure":
-    """Matched, missed and false nuclei on one image, in the colours of the instance metrics.
+                    title: str | None = None) -> Figure:
+    """Matched, missed and false nuclei on one image (normalized to [0, 1]), in the colours of the metrics.
 
-    Green: a predicted nucleus matched to a true one (TP); red: a true nucleus nobody matched (FN);
-    yellow: a predicted nucleus that matches no true one (FP). Matching is
-    :func:`nucleilib.metrics.matched_pairs` at ``iou_threshold``.
-
-    Parameters
-    ----------
-    image : numpy.ndarray
-        2-D image, normalized to [0, 1].
-    true_labels, pred_labels : numpy.ndarray
-        Instance labels of the same shape.
-    iou_threshold : float
-        Smallest IoU of a match.
-    title : str, optional
-        Axes title; by default the TP/FN/FP counts.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
+    Green: a predicted nucleus matched to a true one (TP); red: a true nucleus nobody matched (FN); yellow: a
+    predicted nucleus that matches no true one (FP), by :func:`nucleilib.metrics.matched_pairs` at
+    ``iou_threshold``. The title gives the counts unless ``title`` is given.
 
     Examples
     --------
@@ -442,9 +246,6 @@ def matching_figure(image: np.ndarray, true_labels: np.ndarray, pred_labels: np.
     >>> matching_figure(np.zeros((8, 8)), t, p).axes[0].get_title()
     'IoU >= 0.5: 1 matched (green), 1 missed (red), 0 false (yellow)'
     """
-    import matplotlib.pyplot as plt
-    from skimage.segmentation import find_boundaries
-
     from nucleilib.metrics import matched_pairs
 
     pairs = matched_pairs(true_labels, pred_labels, iou_threshold)
@@ -457,7 +258,7 @@ def matching_figure(image: np.ndarray, true_labels: np.ndarray, pred_labels: np.
     )
     rgb = outline_rgb(image)
     for labels, colour in outlines:
-        rgb[find_boundaries(labels, mode="inner")] = colour
+        rgb = overlay(rgb, labels, colour)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.imshow(rgb)
     ax.axis("off")
@@ -466,28 +267,12 @@ def matching_figure(image: np.ndarray, true_labels: np.ndarray, pred_labels: np.
     return fig
 
 
-# --- chapter 04: comparing trainings, the learning-rate range test, count errors ----------------
-
-
 def compare_curves(
     histories: dict[str, dict], key: str = "val_loss", baseline: float | None = None, title: str | None = None
-) -> "matplotlib.figure.Figure":
-    """Several trainings on the same axes: ``key`` per epoch (left, log scale) and the learning rate (right).
+) -> Figure:
+    """Several trainings (name -> ``train.fit`` history) on the same axes: ``key`` per epoch and the learning rate.
 
-    Parameters
-    ----------
-    histories : dict of str to dict
-        Name of each run and its history from ``train.fit`` (lists per epoch: ``key`` and ``lr``).
-    key : str
-        History entry to plot on the left, e.g. ``"val_loss"`` or ``"train_loss"``.
-    baseline : float, optional
-        A horizontal reference line, e.g. the loss of a constant prediction ("learned nothing").
-    title : str, optional
-        Figure title.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
+    ``baseline`` draws a horizontal reference line, e.g. the loss of a constant prediction ("learned nothing").
 
     Examples
     --------
@@ -495,8 +280,6 @@ def compare_curves(
     >>> len(compare_curves(runs, baseline=1.1).axes)
     2
     """
-    import matplotlib.pyplot as plt
-
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(11, 3.4), gridspec_kw={"width_ratios": [1.6, 1]})
     for name, history in histories.items():
         epochs = np.arange(1, len(history[key]) + 1)
@@ -513,19 +296,8 @@ def compare_curves(
     return fig
 
 
-def lr_range_figure(result: dict, marks: dict[str, float] | None = None) -> "matplotlib.figure.Figure":
-    """Loss against learning rate from ``train.lr_range_test``, with vertical lines at chosen rates.
-
-    Parameters
-    ----------
-    result : dict
-        ``lr``, ``loss`` and ``smoothed`` lists, as returned by ``train.lr_range_test``.
-    marks : dict of str to float, optional
-        Labelled learning rates to mark, e.g. ``{"0.001 (source)": 1e-3}``.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
+def lr_range_figure(result: dict, marks: dict[str, float] | None = None) -> Figure:
+    """Loss against learning rate from ``train.lr_range_test``, with vertical lines at the ``marks`` (name -> rate).
 
     Examples
     --------
@@ -533,8 +305,6 @@ def lr_range_figure(result: dict, marks: dict[str, float] | None = None) -> "mat
     >>> len(lr_range_figure(result, {"x": 1e-3}).axes)
     1
     """
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
     ax.plot(result["lr"], result["loss"], color="tab:blue", alpha=0.35, label="loss per step")
     ax.plot(result["lr"], result["smoothed"], color="tab:blue", label="smoothed")
@@ -546,27 +316,14 @@ def lr_range_figure(result: dict, marks: dict[str, float] | None = None) -> "mat
     return fig
 
 
-def count_scatter(true_counts: Sequence[int], counts: dict[str, Sequence[int]]) -> "matplotlib.figure.Figure":
-    """Counted against true nuclei per image, one marker style per counting method, with the diagonal.
-
-    Parameters
-    ----------
-    true_counts : sequence of int
-        True nuclei per image.
-    counts : dict of str to sequence of int
-        Name of each method and its count per image.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
+def count_scatter(true_counts: Sequence[int], counts: dict[str, Sequence[int]]) -> Figure:
+    """Counted against true nuclei per image, one marker style per method (name -> counts), with the diagonal.
 
     Examples
     --------
     >>> len(count_scatter([1, 5], {"naive": [0, 2], "fixed": [1, 5]}).axes)
     1
     """
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     top = max([max(true_counts, default=1)] + [max(c, default=1) for c in counts.values()]) + 1
     ax.plot([0, top], [0, top], color="gray", linewidth=1, label="counted = true")

@@ -14,7 +14,7 @@ import pytest
 import tifffile
 import torch
 
-from nucleilib import cli, data, synth
+from nucleilib import cli, data, io, synth
 
 COMMANDS = ["make-data", "import-dsb2018", "import-bbbc039", "import-pairs", "download", "train", "evaluate", "count",
             "bench"]
@@ -54,7 +54,7 @@ def test_every_command_has_help(command, capsys):
 
 
 def test_make_data_writes_the_contract_with_labels(small_set):
-    images, masks, labels = data.load_npz(small_set)
+    images, masks, labels = io.load_npz(small_set)
     assert images.shape == masks.shape == (12, 1, 64, 64)
     expected = synth.make_dataset(n=12, size=64, seed=3)
     np.testing.assert_array_equal(labels, expected["labels"])
@@ -75,11 +75,22 @@ def data_sha256(path: Path) -> str:
 
 
 def test_evaluate_prints_pixel_and_instance_metrics(tiny_model, small_set, capsys):
-    assert cli.main(["evaluate", "--data", str(small_set), "--model", str(tiny_model)]) == 0
+    assert cli.main(["evaluate", "--data", str(small_set), "--model", str(tiny_model), "--threshold", "0.4"]) == 0
     metrics = json.loads(capsys.readouterr().out)
-    for key in ("dice", "iou", "ap50", "f1_50", "mean_ap", "count_mae"):
-        assert 0.0 <= metrics[key] or key == "count_mae"
-    assert metrics["n_images"] == 12
+    for key in ("dice", "iou", "ap50", "f1_50", "mean_ap", "recall_50"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["count_mae"] >= 0.0 and metrics["n_images"] == 12 and metrics["n_true"] > 0
+    assert (metrics["data"], metrics["method"], metrics["threshold"]) == (str(small_set), "model", 0.4)
+
+
+def test_counting_options_become_one_settings_object():
+    from nucleilib.count import CountSettings
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["count", "a.tif", "--out", "o", "--min-area", "30", "--no-split"])
+    assert cli._count_settings(args) == CountSettings(min_area=30, split=False)
+    args = parser.parse_args(["evaluate", "--data", "d.npz", "--threshold", "0.3"])
+    assert cli._count_settings(args) == CountSettings(threshold=0.3)
 
 
 def test_evaluate_baseline_on_a_folder_of_pairs(tmp_path, capsys):
@@ -107,7 +118,8 @@ def test_count_writes_outputs_and_reports_bad_files_by_name(tiny_model, tmp_path
     (inputs / "empty.tif").write_bytes(b"")
     out = tmp_path / "out"
 
-    status = cli.main(["count", str(inputs), str(tmp_path / "missing.png"), "--out", str(out), "--model", str(tiny_model)])
+    missing = tmp_path / "missing.png"
+    status = cli.main(["count", str(inputs), str(missing), "--out", str(out), "--model", str(tiny_model)])
 
     assert status == 1
     stderr = capsys.readouterr().err
@@ -148,7 +160,7 @@ def test_import_pairs_split_parts_are_disjoint_and_cover_all(tmp_path):
         out = tmp_path / f"{part}.npz"
         assert cli.main(["import-pairs", str(tmp_path / "images"), str(tmp_path / "labels"), "--out", str(out),
                          "--size", "32", "--split", part, "--test-fraction", "0.5"]) == 0
-        counts[part] = len(data.load_npz(out)[0])
+        counts[part] = len(io.load_npz(out)[0])
     assert counts["train"] + counts["test"] == counts["all"] == 6
     assert counts["train"] > 0 and counts["test"] > 0
 

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from nucleilib import data, synth, train
+from nucleilib import checkpoint, io, synth
+from nucleilib.train import TrainSettings
 
 # A tiny, quick problem: 96 synthetic 64x64 images, a small U-Net, a high learning rate.
 TRAIN_ARGS = ["--preset", "fast", "--epochs", "8", "--lr", "0.01", "--batch-size", "8", "--base", "4", "--depth", "2"]
@@ -19,7 +20,7 @@ def small_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("distributed")
     made = synth.make_dataset(n=96, size=64, seed=0)
     path = folder / "small.npz"
-    data.save_npz(path, made["images"], made["masks"], made["labels"])
+    io.save_npz(path, made["images"], made["masks"], made["labels"])
     return path
 
 
@@ -43,11 +44,15 @@ def test_torchrun_two_processes_match_one(small_data):
     assert done.stdout.count('"val_dice"') == 1
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith("two")) == ["two.last.pt", "two.pt"]
 
-    single, double = train.load_checkpoint(one), train.load_checkpoint(two)
+    single, double = checkpoint.load_checkpoint(one), checkpoint.load_checkpoint(two)
     assert single["provenance"]["processes"] == 1
     assert double["provenance"]["processes"] == 2
     assert double["provenance"]["command"].startswith("torchrun --nproc_per_node 2 -m nucleilib train")
     assert double["provenance"]["batch_size"] == 8  # images per optimizer step, over both processes
+    # The command line's options over the preset's settings, stored in the provenance.
+    expected = TrainSettings.from_preset("fast", epochs=8, lr=0.01, batch_size=8, base=4, depth=2,
+                                         heads=("mask", "interior"))
+    assert TrainSettings.from_checkpoint(single) == TrainSettings.from_checkpoint(double) == expected
 
     # Same recipe, same data: the two runs learn alike (they differ in batch-norm statistics and augmentation).
     best_one, best_two = max(single["history"]["val_dice"]), max(double["history"]["val_dice"])
@@ -57,6 +62,6 @@ def test_torchrun_two_processes_match_one(small_data):
     assert len(double["history"]["val_loss"]) == 8
 
     # The distributed checkpoint is an ordinary one.
-    model, _ = train.load_model(two)
+    model, _ = checkpoint.load_model(two)
     assert model.config == {"in_channels": 1, "out_channels": 2, "base": 4, "depth": 2}
 

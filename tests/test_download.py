@@ -1,4 +1,4 @@
-"""Tests of nucleilib.data.download against a local HTTP server (no internet needed)."""
+"""Tests of nucleilib.datasets.download against a local HTTP server (no internet needed)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from nucleilib import data
+from nucleilib import datasets
+from nucleilib.io import load_npz
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -70,19 +71,19 @@ def test_download_imports_verifies_and_reuses_cache(server, tmp_path: Path) -> N
     digest = hashlib.sha256(payload).hexdigest()
     cache = tmp_path / "cache"
 
-    out = data.download("dsb2018", cache, url=f"{base_url}/dsb.zip", sha256=digest, size=32, progress=False)
+    out = datasets.download("dsb2018", cache, url=f"{base_url}/dsb.zip", sha256=digest, size=32, progress=False)
     assert out == cache / "dsb2018.npz"
-    x, y, labels = data.load_npz(out)
+    x, y, labels = load_npz(out)
     assert x.shape == (8, 1, 32, 32)  # 2 images of 40x40 -> 2 x 2 tiles each (starts 0 and 8)
     # img1's nuclei (rows 5..11 and 20..26, cols 5..11) reach into all 4 of its tiles
     assert [int(t.max()) for t in labels] == [2, 2, 2, 2, 1, 1, 1, 1]
     assert not [p for p in cache.rglob("*") if ".tmp" in p.name]
 
     httpd.shutdown()  # server gone: the cached archive is reused
-    again = data.download(
+    again = datasets.download(
         "dsb2018", cache, out=tmp_path / "again.npz", url=f"{base_url}/dsb.zip", sha256=digest, size=32, progress=False
     )
-    assert np.array_equal(data.load_npz(again)[2], labels)
+    assert np.array_equal(load_npz(again)[2], labels)
 
 
 def test_download_hash_mismatch_leaves_nothing(server, tmp_path: Path) -> None:
@@ -90,7 +91,7 @@ def test_download_hash_mismatch_leaves_nothing(server, tmp_path: Path) -> None:
     (root / "dsb.zip").write_bytes(dsb_zip())
     cache = tmp_path / "cache"
     with pytest.raises(ValueError, match="SHA-256") as error:
-        data.download("dsb2018", cache, url=f"{base_url}/dsb.zip", sha256="0" * 64, progress=False)
+        datasets.download("dsb2018", cache, url=f"{base_url}/dsb.zip", sha256="0" * 64, progress=False)
     assert "\n" not in str(error.value)
     assert not [p for p in cache.rglob("*") if p.is_file()]
     assert not (cache / "dsb2018.npz").exists()
@@ -100,20 +101,20 @@ def test_download_trusts_first_hash_then_verifies(server, tmp_path: Path) -> Non
     base_url, root, _ = server
     (root / "dsb.zip").write_bytes(dsb_zip())
     cache = tmp_path / "cache"
-    data.download("dsb2018", cache, url=f"{base_url}/dsb.zip", size=32, progress=False)
+    datasets.download("dsb2018", cache, url=f"{base_url}/dsb.zip", size=32, progress=False)
     [record] = list(cache.glob("*.sha256"))
     assert record.read_text().split()[0] == hashlib.sha256(dsb_zip()).hexdigest()
     # the server now serves different bytes and the cached archive is gone: the recorded hash refuses them
     (root / "dsb.zip").write_bytes(dsb_zip({"extra.txt": b"changed"}))
     next(cache.glob("*.zip")).unlink()
     with pytest.raises(ValueError, match="SHA-256"):
-        data.download("dsb2018", cache, url=f"{base_url}/dsb.zip", size=32, progress=False)
+        datasets.download("dsb2018", cache, url=f"{base_url}/dsb.zip", size=32, progress=False)
 
 
 def test_download_http_error_is_one_line(server, tmp_path: Path) -> None:
     base_url, _, _ = server
     with pytest.raises(RuntimeError) as error:
-        data.download("dsb2018", tmp_path / "cache", url=f"{base_url}/missing.zip", progress=False)
+        datasets.download("dsb2018", tmp_path / "cache", url=f"{base_url}/missing.zip", progress=False)
     message = str(error.value)
     assert "404" in message and "missing.zip" in message and "\n" not in message
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
@@ -123,15 +124,15 @@ def test_download_refuses_paths_escaping_the_folder(server, tmp_path: Path) -> N
     base_url, root, _ = server
     (root / "evil.zip").write_bytes(dsb_zip({"../../escaped.txt": b"gotcha"}))
     with pytest.raises(ValueError, match="outside the folder"):
-        data.download("dsb2018", tmp_path / "cache", url=f"{base_url}/evil.zip", progress=False)
+        datasets.download("dsb2018", tmp_path / "cache", url=f"{base_url}/evil.zip", progress=False)
     assert not list(tmp_path.rglob("escaped.txt"))
 
 
 def test_download_unknown_name_and_cache_env(monkeypatch, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown data set 'foo'"):
-        data.download("foo")
+        datasets.download("foo")
     monkeypatch.setenv("NUCLEILIB_CACHE", str(tmp_path / "c"))
-    assert data.default_cache_dir() == tmp_path / "c"
+    assert datasets.default_cache_dir() == tmp_path / "c"
 
 
 def test_download_interrupted_leaves_no_partial_file(monkeypatch, tmp_path: Path) -> None:
@@ -143,7 +144,48 @@ def test_download_interrupted_leaves_no_partial_file(monkeypatch, tmp_path: Path
                 raise KeyboardInterrupt
             return super().read(1024)
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: Interrupted(b"x" * 4096))
+    monkeypatch.setattr(datasets.urllib.request, "urlopen", lambda url, timeout: Interrupted(b"x" * 4096))
     with pytest.raises(KeyboardInterrupt):
-        data.download("dsb2018", tmp_path / "cache", url="http://example.invalid/a.zip", progress=False)
+        datasets.download("dsb2018", tmp_path / "cache", url="http://example.invalid/a.zip", progress=False)
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+
+
+def test_download_fetches_the_table_archives_once_and_unpacks_both_layouts(monkeypatch, tmp_path: Path) -> None:
+    """bbbc039 from its two default archives: images.zip holds a top folder images/, masks.zip holds bare files."""
+    import tifffile
+
+    image = np.full((40, 40), 110, np.uint16)
+    image[5:12, 5:12] = 3000
+    red = np.zeros((40, 40, 3), np.uint8)
+    red[5:12, 5:12, 2] = 1  # BGR: index 2 is red
+    tif = io.BytesIO()
+    tifffile.imwrite(tif, image)
+    served = {}
+    for name, members in (("images.zip", {"images/w1.tif": tif.getvalue()}), ("masks.zip", {"w1.png": png_bytes(red)})):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for member, content in members.items():
+                archive.writestr(member, content)
+        served[name] = buffer.getvalue()
+    requested = []
+
+    class Response(io.BytesIO):
+        headers: dict[str, str] = {}
+
+    def urlopen(url: str, timeout: float) -> Response:
+        requested.append(url)
+        return Response(served[url.rsplit("/", 1)[-1]])
+
+    monkeypatch.setattr(datasets.urllib.request, "urlopen", urlopen)
+    cache = tmp_path / "cache"
+    out = datasets.download("bbbc039", cache, size=32, progress=False)
+    assert requested == [url for url, _ in datasets.DOWNLOADS["bbbc039"]]
+    assert sorted(p.name for p in (cache / "bbbc039").iterdir() if not p.name.startswith(".")) == ["images", "masks"]
+    assert (cache / "images.zip.sha256").read_text().split()[0] == hashlib.sha256(served["images.zip"]).hexdigest()
+    x, y, labels = load_npz(out)
+    assert x.shape == (4, 1, 32, 32) and [int(t.max()) for t in labels] == [1, 1, 1, 1]
+    requested.clear()
+    datasets.download("bbbc039", cache, size=32, progress=False)
+    assert requested == []  # both archives came from the cache
+    with pytest.raises(ValueError, match="2 archives"):
+        datasets.download("bbbc039", cache, sha256="0" * 64, progress=False)

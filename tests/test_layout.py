@@ -19,11 +19,11 @@ MODULES = sorted(p for p in PACKAGE.glob("*.py"))
 
 # Bottom to top: a module may import only modules listed before it.
 LAYERS = [
-    "presets", "io", "synth", "data", "datasets", "metrics", "augment", "model", "losses", "checkpoint",
+    "presets", "data", "synth", "io", "datasets", "metrics", "augment", "model", "losses", "checkpoint",
     "runtime", "predict", "train", "count", "evaluate", "viz", "widgets", "bench", "cli", "__main__", "__init__",
 ]
 # Modules a user can import without PyTorch (count.py is what `count` post-processing needs).
-NUMPY_ONLY = ["presets", "io", "synth", "data", "datasets", "metrics", "count"]
+NUMPY_ONLY = ["presets", "data", "synth", "io", "datasets", "metrics", "count"]
 MAX_LIBRARY_LINES = 5500
 MAX_MODULE_LINES = 600
 MAX_BODY_LINES = 60

@@ -94,18 +94,11 @@ def test_bad_images_raise():
     assert predict.probabilities(model, np.zeros((1, 8, 9))).shape == (1, 8, 9)  # singleton axis is fine
 
 
-def test_predict_batch_shape():
-    out = predict.predict_batch(conv_net(), torch.rand(5, 1, 12, 9), batch_size=2)
+def test_predict_batch_is_the_sigmoid_of_the_model_in_any_batch_size():
+    model, images = conv_net(), torch.rand(5, 1, 12, 9)
+    out = predict.predict_batch(model, images, batch_size=2)
     assert out.shape == (5, 2, 12, 9) and out.dtype == np.float32
-
-
-def test_segment_image_counts_bright_blobs():
-    model = nn.Conv2d(1, 1, 1)
     with torch.no_grad():
-        model.weight.fill_(20.0)
-        model.bias.fill_(-10.0)  # probability > 0.5 where the normalized pixel > 0.5
-    image = np.full((60, 80), 100, np.uint16)
-    for y, x in [(10, 10), (10, 50), (40, 30)]:
-        image[y : y + 8, x : x + 8] = 1000
-    labels, prob = predict.segment_image(model, image, tile=32, overlap=8)
-    assert labels.max() == 3 and prob.shape == (1, 60, 80)
+        expected = torch.sigmoid(model(images)).numpy()
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    np.testing.assert_allclose(out, predict.predict_batch(model, images, batch_size=5), atol=1e-6)

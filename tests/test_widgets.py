@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from nucleilib import widgets
+from nucleilib.count import CountSettings
 
 ipywidgets = pytest.importorskip("ipywidgets")
 
@@ -29,7 +30,7 @@ def touching_discs():
 
 def test_count_falls_as_the_threshold_passes_each_peak():
     prob = graded_blobs()
-    counts = [widgets.explorer_state(prob, t, min_area=1)["count"] for t in (0.1, 0.5, 0.7, 0.95)]
+    counts = [widgets.explorer_state(prob, threshold=t, min_area=1)["count"] for t in (0.1, 0.5, 0.7, 0.95)]
     assert counts == [3, 2, 1, 0]
 
 
@@ -37,25 +38,26 @@ def test_state_has_mask_labels_and_text():
     prob = graded_blobs()
     truth = np.zeros(prob.shape, np.int32)
     truth[0, 0], truth[5, 5], truth[9, 9] = 4, 9, 9  # non-sequential ids: two true nuclei
-    state = widgets.explorer_state(prob, 0.5, min_area=1, true_labels=truth)
+    state = widgets.explorer_state(prob, threshold=0.5, min_area=1, true_labels=truth)
     assert state["true_count"] == 2 and state["count"] == 2
     assert state["text"] == "count: 2 (true 2)"
     assert state["mask"].dtype == np.uint8 and int(state["mask"].sum()) == 2 * 49
     assert state["labels"].max() == 2 and state["labels"].shape == prob.shape
+    assert state["settings"] == CountSettings(threshold=0.5, min_area=1)
 
 
 def test_min_area_removes_specks():
     prob = graded_blobs()
     prob[1, 1] = prob[18, 38] = prob[1, 20] = 0.99  # three one-pixel specks
-    assert widgets.explorer_state(prob, 0.5, min_area=0)["count"] == 5
-    assert widgets.explorer_state(prob, 0.5, min_area=10)["count"] == 2
-    assert widgets.explorer_state(prob, 0.5, min_area=50)["count"] == 0  # a 7x7 blob is 49 px
+    assert widgets.explorer_state(prob, threshold=0.5, min_area=0)["count"] == 5
+    assert widgets.explorer_state(prob, threshold=0.5, min_area=10)["count"] == 2
+    assert widgets.explorer_state(prob, threshold=0.5, min_area=50)["count"] == 0  # a 7x7 blob is 49 px
 
 
 def test_split_toggle_separates_two_touching_discs():
     prob = touching_discs()
-    assert widgets.explorer_state(prob, 0.5, split=False)["count"] == 1
-    assert widgets.explorer_state(prob, 0.5, split=True)["count"] == 2
+    assert widgets.explorer_state(prob, threshold=0.5, split=False)["count"] == 1
+    assert widgets.explorer_state(prob, threshold=0.5, split=True)["count"] == 2
 
 
 def test_split_uses_the_interior_channel_when_there_is_one():
@@ -63,10 +65,10 @@ def test_split_uses_the_interior_channel_when_there_is_one():
     interior = np.zeros_like(mask)
     interior[8:13, 6:11] = True  # only one interior seed: the model says "one nucleus"
     prob = np.stack([np.where(mask, 0.95, 0.01), np.where(interior, 0.9, 0.01)]).astype(np.float32)
-    assert widgets.explorer_state(prob, 0.5, split=True)["count"] == 1
+    assert widgets.explorer_state(prob, threshold=0.5, split=True)["count"] == 1
     interior[8:13, 22:27] = True  # a second seed: two nuclei
     prob[1] = np.where(interior, 0.9, 0.01)
-    assert widgets.explorer_state(prob, 0.5, split=True)["count"] == 2
+    assert widgets.explorer_state(prob, threshold=0.5, split=True)["count"] == 2
 
 
 def test_curve_of_separate_blobs_never_rises():
@@ -102,7 +104,8 @@ def explorer():
     truth = [np.zeros((20, 40), np.int32), np.zeros((20, 34), np.int32)]
     truth[0][6:13, 2:9], truth[0][6:13, 16:23], truth[0][6:13, 30:37] = 1, 2, 3
     truth[1][disc((20, 34), (10, 10), 8)], truth[1][disc((20, 34), (10, 23), 8)] = 1, 2
-    return widgets.threshold_explorer(probs, probs, truth, min_area=1, thresholds=(0.2, 0.5, 0.8))
+    settings = CountSettings(min_area=1)
+    return widgets.threshold_explorer(probs, probs, truth, settings=settings, thresholds=(0.2, 0.5, 0.8))
 
 
 def test_widget_has_the_classes_a_browser_test_looks_for(explorer):
@@ -153,7 +156,8 @@ def test_widget_runs_the_model_once_per_image():
 
     image = np.zeros((16, 16), np.uint8)
     image[2:8, 2:8] = image[10:15, 9:15] = 200
-    explorer = widgets.threshold_explorer([image, image], model=Counting(), min_area=1, thresholds=(0.5,))
+    explorer = widgets.threshold_explorer([image, image], model=Counting(), settings=CountSettings(min_area=1),
+                                          thresholds=(0.5,))
     assert len(calls) == 2
     slider = widgets.find_by_class(explorer, widgets.THRESHOLD_CLASS)
     slider.value = 0.3
@@ -165,8 +169,8 @@ def test_widget_runs_the_model_once_per_image():
 def test_static_figure_has_one_row_per_threshold():
     import matplotlib.pyplot as plt
 
-    fig = widgets.static_threshold_figure(graded_blobs(), graded_blobs(), thresholds=(0.1, 0.5, 0.7), min_area=1,
-                                          curve_thresholds=(0.1, 0.5))
+    fig = widgets.static_threshold_figure(graded_blobs(), graded_blobs(), thresholds=(0.1, 0.5, 0.7),
+                                          settings=CountSettings(min_area=1), curve_thresholds=(0.1, 0.5))
     titles = [ax.get_title() for ax in fig.axes[3::5]]
     assert titles == ["nuclei: count: 3", "nuclei: count: 2", "nuclei: count: 1"]
     plt.close(fig)
