@@ -6,6 +6,7 @@ configuration, the normalization, the output heads, the history and the provenan
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nucleilib.io import atomic_path
+from nucleilib.io import atomic_path, atomic_write_bytes
 from nucleilib.model import UNet
 
 CHECKPOINT_FORMAT = "nucleilib-unet"
@@ -47,6 +48,23 @@ def last_checkpoint_path(out: str | Path) -> Path:
     """
     out = Path(out)
     return out.with_name(f"{out.stem}.last{out.suffix or '.pt'}")
+
+
+def save_history(out: str | Path, history: dict, provenance: dict | None = None) -> Path:
+    """Write the per-epoch ``history`` and its ``provenance`` as JSON beside the checkpoint ``out`` (atomically).
+
+    A plain file a spreadsheet or a chapter can read without torch; training rewrites it after every epoch.
+
+    Examples
+    --------
+    >>> import json, tempfile
+    >>> path = save_history(Path(tempfile.mkdtemp()) / "m.pt", {"val_loss": [0.5, 0.25]}, {"seed": 0})
+    >>> path.name, json.loads(path.read_text())["history"]["val_loss"]
+    ('m.history.json', [0.5, 0.25])
+    """
+    path = Path(out).with_suffix(".history.json")
+    atomic_write_bytes(path, json.dumps({"history": history, "provenance": provenance or {}}, indent=1).encode())
+    return path
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, history: dict | None = None,

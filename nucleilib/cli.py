@@ -7,6 +7,7 @@ Errors a user can fix (a bad file, a missing model) are printed as one line, wit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -77,10 +78,11 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         args.preset, epochs=args.epochs, lr=args.lr, seed=args.seed, max_minutes=args.max_minutes, base=args.base,
         depth=args.depth, batch_size=args.batch_size, compile=args.compile,
     )
+    settings = dataclasses.replace(settings, early_stopping=args.early_stopping or None)  # 0: never stop early
     result = train.train_from_npz(args.data, args.out, settings, command=_command_line(argv))
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only the first process reports
         print(json.dumps(result.get("metrics", {}), indent=2))
-        print(f"wrote {args.out}")
+        print(f"wrote {args.out} and {Path(args.out).with_suffix('.history.json')}")
     return 0
 
 
@@ -189,6 +191,8 @@ def _train_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--preset", choices=["fast", "default", "full"], default="default",
                        help="fast: minutes on a laptop CPU; full: the source project's 300-epoch run")
     train.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes")
+    train.add_argument("--early-stopping", type=int, default=8, metavar="EPOCHS",
+                       help="stop after this many epochs without a better validation loss; 0: never (default 8)")
     train.add_argument("--base", type=int, default=None, help="U-Net channels of the first level (default: preset)")
     train.add_argument("--depth", type=int, default=None, help="U-Net poolings (default: preset)")
     train.add_argument("--batch-size", type=int, default=None,

@@ -22,7 +22,7 @@ import torch
 
 from nucleilib import __version__
 from nucleilib.augment import augment_batch
-from nucleilib.checkpoint import last_checkpoint_path, load_checkpoint, save_checkpoint
+from nucleilib.checkpoint import last_checkpoint_path, load_checkpoint, save_checkpoint, save_history
 from nucleilib.data import split_indices
 from nucleilib.io import file_sha256, load_npz
 from nucleilib.losses import bce_dice_loss, targets_from_labels
@@ -244,6 +244,7 @@ class _Run:
                  "stale_epochs": self.stale_epochs}
         save_checkpoint(last_checkpoint_path(out), self.model, history=self.history, provenance=provenance,
                         heads=heads, training_state=state)
+        save_history(out, self.history, provenance)
 
 
 def _run_epoch(run: _Run, order: torch.Tensor, data: tuple[torch.Tensor, torch.Tensor], loss: Loss,
@@ -478,6 +479,7 @@ def train_from_npz(data_path: str | Path | Sequence[str | Path], out: str | Path
         provenance.update(metrics=metrics, device=str(model_device(model)), compiled=history["compiled"])
         if rank == 0:
             save_checkpoint(out, model, history=history, provenance=provenance, heads=heads)
+            save_history(out, history, provenance)
         return {"history": history, "metrics": metrics, "heads": list(heads), "out": str(out)}
 
 

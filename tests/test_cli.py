@@ -68,6 +68,20 @@ def test_train_records_provenance(tiny_model, small_set):
     assert provenance["data"][0]["sha256"] == data_sha256(small_set)
 
 
+def test_train_writes_its_history_as_json_beside_the_checkpoint(tiny_model):
+    stored = json.loads(tiny_model.with_suffix(".history.json").read_text())
+    checkpoint = torch.load(tiny_model, weights_only=True)
+    assert stored["history"]["val_loss"] == checkpoint["history"]["val_loss"] and len(stored["history"]["val_loss"]) == 1
+    assert stored["provenance"]["seed"] == 1 and stored["provenance"]["early_stopping"] == 8
+
+
+def test_train_early_stopping_zero_means_never(small_set, tmp_path):
+    out = tmp_path / "patient.pt"
+    assert cli.main(["train", "--data", str(small_set), "--out", str(out), "--preset", "fast", "--epochs", "1",
+                     "--base", "2", "--depth", "1", "--early-stopping", "0"]) == 0
+    assert json.loads(out.with_suffix(".history.json").read_text())["provenance"]["early_stopping"] is None
+
+
 def data_sha256(path: Path) -> str:
     import hashlib
 

@@ -85,3 +85,59 @@ def test_chapter_ipynb_carries_outputs(source: Path):
     notebook = jupytext.read(source.with_suffix(".ipynb"))
     code_cells = [c for c in notebook.cells if c.cell_type == "code"]
     assert any(c.get("outputs") for c in code_cells), f"{source.stem}.ipynb has no outputs: run `make run`"
+
+
+def _chapter(source: Path):
+    return jupytext.read(source)
+
+
+def _tags(cell) -> list[str]:
+    return cell.metadata.get("tags", [])
+
+
+@pytest.mark.parametrize("source", CHAPTER_SOURCES, ids=lambda p: p.stem)
+def test_code_cells_are_short(source: Path):
+    long_cells = [i for i, c in enumerate(_chapter(source).cells)
+                  if c.cell_type == "code" and len(c.source.strip().splitlines()) > 15]
+    assert not long_cells, f"{source.name}: code cells over 15 lines: {long_cells}"
+
+
+@pytest.mark.parametrize("source", CHAPTER_SOURCES, ids=lambda p: p.stem)
+def test_first_code_cell_is_the_quick_demo_switch(source: Path):
+    first = next(c for c in _chapter(source).cells if c.cell_type == "code")
+    assert "QUICK_DEMO = False" in first.source and 'os.environ["NUCLEILIB_FAST"]' in first.source
+    assert not first.metadata.get("jupyter", {}).get("source_hidden"), "the switch must stay visible"
+
+
+@pytest.mark.parametrize("source", CHAPTER_SOURCES, ids=lambda p: p.stem)
+def test_solutions_are_collapsed(source: Path):
+    solutions = [c for c in _chapter(source).cells if "solution" in _tags(c)]
+    assert solutions, f"{source.name} has no exercise solutions"
+    for cell in solutions:
+        assert cell.metadata.get("jupyter", {}).get("source_hidden") is True, "collapsed in JupyterLab"
+        assert "hide-cell" in _tags(cell), "collapsed on the rendered page (Jupyter Book)"
+
+
+@pytest.mark.parametrize("source", CHAPTER_SOURCES, ids=lambda p: p.stem)
+def test_each_chapter_has_an_exercise_checked_by_a_cell(source: Path):
+    cells = _chapter(source).cells
+    checks = [i for i, c in enumerate(cells) if "exercise-check" in _tags(c)]
+    assert checks, f"{source.name}: no cell tagged exercise-check"
+    for i in checks:
+        assert "assert" in cells[i].source, "a check cell asserts what the learner's code must do"
+        assert any("solution" in _tags(c) for c in cells[:i]), "the check follows a (hidden) solution"
+
+
+def test_exercise_build_drops_solutions_and_outputs(tmp_path):
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_exercises.py"), str(tmp_path)], check=True,
+                   capture_output=True)
+    built = sorted(tmp_path.glob("*.ipynb"))
+    assert [p.name for p in built] == [p.with_suffix(".ipynb").name for p in CHAPTER_SOURCES]
+    for path in built:
+        cells = jupytext.read(path).cells
+        assert not [c for c in cells if "solution" in _tags(c)]
+        assert any("exercise-check" in _tags(c) for c in cells)
+        assert not [c for c in cells if c.cell_type == "code" and c.get("outputs")]
