@@ -1,4 +1,4 @@
-"""The threshold explorer driven for real: JupyterLab serves chapter 05, headless Chromium moves the slider.
+"""The threshold explorer driven for real: JupyterLab serves chapter 07, headless Chromium moves the slider.
 
 The test installs what it needs: Debian's ``chromium`` (``apt-get``, when running as root) and the
 ``playwright`` Python package (pip, into this interpreter; its own browser download is never used,
@@ -34,7 +34,7 @@ from nucleilib.widgets import COUNT_CLASS, THRESHOLD_CLASS
 pytestmark = pytest.mark.browser
 
 PLAYWRIGHT_PIN = "playwright==1.65.2"
-CHAPTER = Path(__file__).resolve().parent.parent / "notebooks" / "05_counting.py"
+CHAPTER = Path(__file__).resolve().parent.parent / "notebooks" / "07_counting.py"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -137,7 +137,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="session")
 def jupyterlab(tmp_path_factory):
-    """JupyterLab on 127.0.0.1 serving a fresh copy of chapter 05; yields (base URL, token, notebook name)."""
+    """JupyterLab on 127.0.0.1 serving a fresh copy of chapter 07; yields (base URL, token, notebook name)."""
     jupytext = pytest.importorskip("jupytext")
     root = tmp_path_factory.mktemp("lab")
     notebook_name = CHAPTER.with_suffix(".ipynb").name
