@@ -17,8 +17,18 @@
 # After this chapter you will be able to:
 # - make, load and check a nuclei data set in the project's `.npz` format;
 # - normalize 8-bit and 16-bit microscopy images so a network sees them the same way;
-# - read the statistics that matter (nuclei per image, sizes, foreground fraction);
+# - read the statistics that matter (nuclei per image, sizes, foreground fraction, touching nuclei);
 # - bring your own images: `.npz`, the 2018 Data Science Bowl layout, BBBC039, folders of image/label pairs.
+
+# %% [markdown]
+# The switch below sets the size of the data set: `False` (the default preset) uses 600 images, and the chapter
+# runs in about a minute on a 2-core CPU; `True` (the fast preset that CI uses) 200, about half a minute.
+
+# %%
+QUICK_DEMO = False  # True: small data and a few epochs (the "fast" preset that CI uses)
+import os
+if QUICK_DEMO:
+    os.environ["NUCLEILIB_FAST"] = "1"
 
 # %% [markdown]
 # First the result: one synthetic fluorescence image with exact ground truth, and its nuclei counted with
@@ -47,8 +57,8 @@ fig = viz.show_grid([data.normalize_image(image), data.normalize_image(image)], 
 # ## The built-in data set
 #
 # The project's default data is a synthetic generator (`nucleilib.synth`), so everything runs offline and the
-# ground truth is exact. The settings come from a *preset*: `NUCLEILIB_FAST=1` (CI) makes a small set, the
-# default a medium one, and `NUCLEILIB_PRESET=full` the source project's 2000 images.
+# ground truth is exact. The settings come from a *preset*: `NUCLEILIB_FAST=1` (the switch at the top) makes a
+# small set, the default a medium one, and `NUCLEILIB_PRESET=full` the source project's 2000 images.
 
 # %%
 from nucleilib.presets import preset, preset_name
@@ -59,6 +69,7 @@ print(preset_name(), settings)
 # %% [markdown]
 # The command line writes the same set to a file: `python -m nucleilib make-data --n 2000 --size 128 --seed 0
 # --out data/nuclei.npz`. In a notebook, `builtin_dataset` makes it once and loads it from `data/` afterwards.
+# Image `i` depends only on the seed and `i`, so the small set is the start of the larger ones.
 
 # %%
 images, masks, labels = datasets.builtin_dataset(n=settings["n_images"], size=128, seed=0)
@@ -76,9 +87,28 @@ fig = viz.show_grid(images[:8], labels[:8], titles=[f"{labels[i].max()} nuclei" 
 viz.save_figure(fig, "01_grid.png")
 
 # %% [markdown]
-# The generator draws what a microscope records: elliptical, irregular nuclei of radius 4 to 20 px with
-# chromatin texture; dim ones and a few very bright mitotic ones; clusters of touching nuclei; optical blur;
-# photon (Poisson) and camera (Gaussian) noise; an uneven background.
+# The generator draws what a microscope records: elliptical, irregular nuclei with chromatin texture, of one
+# typical size per image; dim ones, a few very bright mitotic ones and tiny micronuclei; clusters of touching
+# nuclei; optical blur; photon (Poisson) and camera (Gaussian) noise; an uneven background.
+#
+# How big are the nuclei it makes? We measure every whole nucleus (not cut by the image border) in the first
+# 200 images (the whole set under `QUICK_DEMO`), as the radius of a disc of the same area:
+
+# %% tags=["nbval-check-output"]
+radii = []
+for label in labels[:200]:
+    cut = np.unique(np.concatenate([label[0], label[-1], label[:, 0], label[:, -1]]))
+    areas = np.bincount(label.ravel())
+    whole = [nucleus for nucleus in np.flatnonzero(areas) if nucleus > 0 and nucleus not in cut]
+    radii.extend(np.sqrt(areas[whole] / np.pi))
+radii = np.array(radii)
+print(f"{len(radii)} whole nuclei: radius {radii.min():.1f} to {radii.max():.1f} px; "
+      f"5th / 50th / 95th percentile {' / '.join(f'{r:.1f}' for r in np.percentile(radii, [5, 50, 95]))} px")
+print(f"{np.sum(radii <= 3.2)} nuclei ({np.mean(radii <= 3.2):.0%}) have a radius of 3.2 px or less")
+
+# %% [markdown]
+# The 1046 whole nuclei measured have radii from 1.6 px to 24.0 px, with a median of 7.3 px; 53 of them (5 %)
+# are 3.2 px or smaller.
 
 # %% [markdown]
 # ## Bad files are named, not guessed at
@@ -101,7 +131,8 @@ except ValueError as error:
 # ## Normalization: why `/255` breaks on 16-bit images
 #
 # Cameras give 8-bit (0-255) or 16-bit images, and 16-bit microscopy often uses only a narrow part of the
-# range: BBBC039's images span about 110 to 4095. We make one such 12-bit image from our 8-bit-looking one.
+# range (BBBC039's 12-bit camera, for example, stored in 16-bit files). We make one such image from a synthetic
+# one, with values from 110 up:
 
 # %%
 raw = synth.make_image(np.random.default_rng(3), size=128)[0].astype(np.float64)
@@ -109,8 +140,20 @@ raw12 = (110 + (raw - raw.min()) / (raw.max() - raw.min()) * 900).astype(np.uint
 print(raw12.dtype, raw12.min(), raw12.max())
 
 # %% [markdown]
-# Three ways to bring it to [0, 1]: divide by 255 (the 8-bit habit), divide by 65535 (the 16-bit maximum), and
-# the per-image percentile normalization that `nucleilib` uses (1st and 99.8th percentiles mapped to 0 and 1).
+# The normalization `nucleilib` uses maps each image's own 1st percentile to 0 and its 99.8th percentile to 1,
+# and clips what lies outside: a few very bright pixels cannot squeeze the rest. By hand, with numpy, and
+# checked against the library's `data.normalize_image`:
+
+# %% tags=["nbval-check-output"]
+low, high = np.percentile(raw12, [1, 99.8])
+by_hand = np.clip((raw12 - low) / (high - low), 0, 1)
+print(f"1st percentile {low:.1f} -> 0, 99.8th percentile {high:.1f} -> 1")
+assert np.allclose(by_hand, data.normalize_image(raw12), atol=1e-6)
+print("the same as data.normalize_image(raw12)")
+
+# %% [markdown]
+# Three ways to bring the image to [0, 1]: divide by 255 (the 8-bit habit), divide by 65535 (the 16-bit
+# maximum), and the percentile normalization:
 
 # %% tags=["nbval-check-output"]
 candidates = {
@@ -122,9 +165,10 @@ for name, x in candidates.items():
     print(f"{name:>10}: min {x.min():.3f}  max {x.max():.3f}  saturated {np.mean(x >= 1):.0%}")
 
 # %% [markdown]
-# `/255` lifts the background to above 0.4 and clips every bright nucleus at 1; `/65535` squeezes the whole
-# image into the bottom 2% of the range, nearly black; the percentile version uses the whole range. The
-# histograms and images side by side:
+# `/255` lifts even the darkest pixel to 0.431 and saturates 18 % of the pixels at 1; `/65535` squeezes the
+# whole image into the bottom 1.5 % of the range (max 0.015), nearly black; the percentile version spans 0 to 1,
+# and the pixels it clips at 1 (those above the 99.8th percentile) round to 0 %. The images and their
+# histograms side by side:
 
 # %%
 fig = viz.normalization_figure(candidates)
@@ -143,20 +187,88 @@ for key in ["nuclei_per_image_min", "nuclei_per_image_median", "nuclei_per_image
     print(f"{key:>24}: {stats[key]:8.2f}")
 
 # %% [markdown]
-# The same statistics measured on real annotated fluorescence images (2018 Data Science Bowl stage1_train and
-# BBBC039, whole images) say where the synthetic set sits. Real data is not needed to run this book; the numbers
-# were measured once with `dataset_stats` on the public sets:
-#
-# | statistic | synthetic (128 px tiles) | DSB 2018 (fluorescence) | BBBC039 (U2OS) |
-# |---|---|---|---|
-# | nuclei per 128 px tile (p5 / p50 / p95) | 1 / 5 / 25 | 0 / 4 / 19 | 1 / 7 / 13 |
-# | equivalent radius, px (p5 / p50 / p95) | 3.2 / 7.1 / 15.4 | 3.2 / 7.3 / 17.3 | 2.6 / 14.2 / 17.8 |
-# | foreground fraction (p50) | 0.09 | 0.09 | 0.20 |
-# | contrast, normalized (p50) | 0.55 | 0.57 | 0.55 |
-# | tiles with touching nuclei | 51% | 31% | 49% |
+# `touching_fraction` is a share of *nuclei*: those that touch another nucleus, over all nuclei. A share of
+# *images* (tiles) is another number: how many tiles hold at least one touching pair. A pair touches when two
+# neighbouring pixels (by an edge or a corner) belong to two different nuclei; we compare each pixel with its
+# neighbour to the right, below and on both diagonals. Checked on four tiny label images:
+
+# %% tags=["nbval-check-output"]
+def has_touching(label):
+    """Whether two different nuclei of one label image share an edge or a corner."""
+    pairs = [(label[1:], label[:-1]), (label[:, 1:], label[:, :-1]),
+             (label[1:, 1:], label[:-1, :-1]), (label[1:, :-1], label[:-1, 1:])]
+    return any(np.any((a != b) & (a > 0) & (b > 0)) for a, b in pairs)
+
+
+for example in ([[1, 1, 2, 2]], [[1, 0, 2]], [[1, 0], [0, 2]], [[1, 1], [1, 1]]):
+    print(example, "touching:", has_touching(np.array(example)))
 
 # %% [markdown]
-# Distributions rather than medians: nuclei per image and nucleus area over the whole set.
+# Side by side (1 and 2 meet), a gap between them, a corner contact, and one nucleus alone: `True`, `False`,
+# `True`, `False`, as they should be. Both shares for our data set:
+
+# %%
+tiles_touching = np.mean([has_touching(label) for label in labels])
+print(f"nuclei that touch another nucleus: {stats['touching_fraction']:.0%}")
+print(f"tiles with at least one touching pair: {tiles_touching:.0%}")
+
+# %% [markdown]
+# Half the tiles hold a touching pair, but fewer than a third of the nuclei touch another. The two shares
+# answer different questions, so each is compared only with the same share of another data set, as below.
+#
+# ## How the synthetic set compares with real images
+#
+# Real data is not needed to run this book, but it says whether the synthetic set is realistic. One function
+# gives one column of a comparison table for a set of 128 px tiles and their instance labels. Every nucleus
+# counts as it lies in its tile, cut by the border or not, because real tiles cut nuclei too:
+
+# %%
+def table_column(images, labels):
+    stats = data.dataset_stats(images, labels)
+    counts = [len(np.unique(label)) - 1 for label in labels]
+    areas = np.concatenate([np.bincount(label.ravel())[1:] for label in labels])
+    radii = np.sqrt(areas[areas > 0] / np.pi)
+    three = lambda values, digits: " / ".join(f"{v:.{digits}f}" for v in np.percentile(values, [5, 50, 95]))
+    return {"nuclei per tile (p5 / p50 / p95)": three(counts, 0),
+            "equivalent radius, px (p5 / p50 / p95)": three(radii, 1),
+            "foreground fraction (p50)": f"{stats['foreground_fraction']:.2f}",
+            "contrast, normalized (p50)": f"{stats['contrast']:.2f}",
+            "nuclei touching another": f"{stats['touching_fraction']:.0%}",
+            "tiles with touching nuclei": f"{np.mean([has_touching(label) for label in labels]):.0%}"}
+
+# %% [markdown]
+# The synthetic column is computed here. The two real columns were **measured once** with this same function
+# on the public sets' 128 px tiles, and are typed in below, not recomputed: the 397 fluorescence images of the
+# 2018 Data Science Bowl stage1_train with the community's corrected masks (3547 tiles), and 149 images of
+# BBBC039 (4470 tiles). To measure them yourself:
+#
+# ```bash
+# python -m nucleilib import-dsb2018 stage1_train/ --out data/dsb2018.npz
+# python -m nucleilib import-bbbc039 BBBC039/ --out data/bbbc039.npz
+# ```
+#
+# then `images, _, labels = io.load_npz("data/dsb2018.npz")` and `table_column(images, labels)`, likewise for
+# BBBC039.
+
+# %%
+measured_once = {  # table_column on the real sets' tiles (see above); not recomputed in this chapter
+    "DSB 2018": ["0 / 4 / 17", "2.6 / 8.0 / 24.2", "0.12", "0.59", "23%", "31%"],
+    "BBBC039": ["1 / 7 / 13", "2.3 / 12.1 / 17.1", "0.20", "0.56", "24%", "49%"],
+}
+print(f"{'':>40}  {'synthetic':>17}" + "".join(f"{name:>19}" for name in measured_once))
+for i, (row, value) in enumerate(table_column(images, labels).items()):
+    print(f"{row:>40}  {value:>17}" + "".join(f"{column[i]:>19}" for column in measured_once.values()))
+
+# %% [markdown]
+# Row by row, against the printed columns: the synthetic tiles hold about as many nuclei as the real ones at
+# the median (between DSB's 4 and BBBC039's 7), and more in the most crowded tiles (95th percentile). Their
+# radii are close to DSB's at the 5th percentile and the median, but their 95th percentile is well below DSB's
+# 24.2 px, and BBBC039's nuclei are larger (median 12.1 px). A smaller share of their pixels is foreground than
+# in either real set, and the contrast is about the same. More of their nuclei touch another than in either
+# real set (23 % and 24 %), and the share of tiles with touching nuclei is close to BBBC039's 49 %, above
+# DSB's 31 %.
+#
+# Distributions rather than medians: nuclei per image and nucleus area over the whole synthetic set.
 
 # %%
 fig = viz.statistics_figure(labels)
@@ -175,15 +287,45 @@ print("validation images:", val_idx[:8], "...")
 
 # %% [markdown]
 # Augmentation makes more training images out of each one: flips and 90-degree rotations move image and mask
-# together; brightness, contrast, gamma and noise change the image only. `NucleiDataset` is a torch `Dataset` that
-# does this on the fly (seeded); here six draws of the second image:
+# together; brightness, contrast, gamma and noise change the image only. `NucleiDataset` is a torch `Dataset`
+# that does this on the fly, each draw from its own seeded generator. Five draws of the second image:
 
 # %%
-dataset = augment.NucleiDataset(np.repeat(images[1:2], 6, axis=0), np.repeat(masks[1:2], 6, axis=0), seed=0)
-pairs = [dataset[i] for i in range(6)]
-fig = viz.show_grid([image[0].numpy() for image, _ in pairs] + [mask[0].numpy() for _, mask in pairs],
-                    ncols=6, size=1.8)
+import matplotlib.pyplot as plt
+
+dataset = augment.NucleiDataset(np.repeat(images[1:2], 5, axis=0), np.repeat(masks[1:2], 5, axis=0), seed=13)
+draws = [(images[1, 0], masks[1, 0])] + [(x[0].numpy(), y[0].numpy()) for x, y in (dataset[i] for i in range(5))]
+fig, axes = plt.subplots(2, 6, figsize=(10.8, 3.9))
+for column, (x, y) in enumerate(draws):
+    axes[0, column].imshow(x, cmap="gray", vmin=0, vmax=1)
+    axes[1, column].imshow(y, cmap="gray", vmin=0, vmax=1)
+    axes[0, column].set_title("original" if column == 0 else f"draw {column}", fontsize=10)
+for ax in axes.flat:
+    ax.set(xticks=[], yticks=[])
+axes[0, 0].set_ylabel("image")
+axes[1, 0].set_ylabel("mask")
 viz.save_figure(fig, "01_augmentation.png")
+
+# %% [markdown]
+# What each draw did, found by comparing its mask with the 8 symmetries of the square applied to the original
+# mask, and its mean intensity against the original's:
+
+# %% tags=["nbval-check-output"]
+names = ["unchanged", "rotated 90°", "rotated 180°", "rotated 270°",
+         "mirrored on the diagonal", "flipped top-bottom", "mirrored on the other diagonal", "flipped left-right"]
+symmetries = [np.rot90(m, k) for m in (masks[1, 0], masks[1, 0].T) for k in range(4)]
+print(f"original: mean intensity {images[1, 0].mean():.3f}")
+seen = []
+for i, (x, y) in enumerate(draws[1:], start=1):
+    moved = [name for name, s in zip(names, symmetries) if np.array_equal(s, y)]
+    assert len(moved) == 1 and moved != ["unchanged"] and moved[0] not in seen
+    seen.append(moved[0])
+    print(f"draw {i}: mask {moved[0]:<31} mean intensity {x.mean():.3f}")
+
+# %% [markdown]
+# Each of the five draws moved the mask by a different symmetry (the asserts check that no two are the same
+# and none left it unchanged), and each changed the image's mean intensity: brightness, contrast and gamma act on the image
+# only, the mask stays binary.
 
 # %% [markdown]
 # ## Bringing your own data
@@ -214,9 +356,10 @@ print({key: summary[key] for key in ("images", "tiles", "nuclei")})
 
 # %% [markdown]
 # ## In this chapter we
-# - made the built-in synthetic data set and loaded it with the checks of `load_npz`;
-# - saw why `/255` and `/65535` fail on 16-bit microscopy and used percentile normalization instead;
-# - measured the data set's statistics and compared them with real fluorescence images;
+# - made the built-in synthetic data set, measured its nuclei, and loaded it with the checks of `load_npz`;
+# - built percentile normalization by hand, and saw why `/255` and `/65535` fail on 16-bit microscopy;
+# - measured the data set's statistics, told a share of touching nuclei from a share of tiles with touching
+#   nuclei, and compared the synthetic set with real fluorescence images;
 # - split the data reproducibly, augmented it, and imported images of our own.
 #
 # Next, chapter 02 builds the U-Net that turns such an image into a nucleus mask.
@@ -227,6 +370,10 @@ print({key: summary[key] for key in ("images", "tiles", "nuclei")})
 #    blobs does the mask have? Why can the two differ?
 # 2. Normalize `raw12` with the 0th and 100th percentiles instead of 1 and 99.8. What happens when one hot pixel
 #    (say 4095) is added to the image?
+# 3. Write `percentile_normalize(image, low, high)` with numpy: any image (8-bit, 16-bit, float) in, a float32
+#    array of the same shape in [0, 1] out, the `low` percentile mapped to 0 and the `high` one to 1. Mind two
+#    cases: a constant image, and a dark image with a single bright pixel, whose 1st and 99.8th percentiles are
+#    equal (what should the upper end be then?). Write it in a new cell, then run the check that follows.
 
 # %% jupyter={"outputs_hidden": true, "source_hidden": true} tags=["solution", "hide-cell"]
 image_1, labels_1 = synth.make_image(np.random.default_rng(2024), size=128)
@@ -236,6 +383,32 @@ print(labels_1.max(), "nuclei,", blobs, "blobs: touching nuclei form one blob")
 # %% jupyter={"outputs_hidden": true, "source_hidden": true} tags=["solution", "hide-cell"]
 hot = raw12.copy()
 hot[0, 0] = 4095
-for low, high in [(0, 100), (1, 99.8)]:
-    x = data.normalize_image(hot, low=low, high=high)
-    print(f"percentiles {low}-{high}: median nucleus-free pixel {np.median(x):.3f}, mean {x.mean():.3f}")
+for low_p, high_p in [(0, 100), (1, 99.8)]:
+    before, after = data.normalize_image(raw12, low_p, high_p), data.normalize_image(hot, low_p, high_p)
+    print(f"percentiles {low_p}-{high_p}: mean {before.mean():.3f} without the hot pixel, {after.mean():.3f} with it")
+
+# %% jupyter={"outputs_hidden": true, "source_hidden": true} tags=["solution", "hide-cell"]
+def percentile_normalize(image, low=1.0, high=99.8):
+    values = np.asarray(image, dtype=np.float32)
+    lo, hi = np.percentile(values, [low, high])
+    if hi <= lo:                  # e.g. one bright pixel in a dark image: use the maximum as the upper end
+        hi = values.max()
+    if hi <= lo:                  # a constant image: nothing to scale
+        return np.zeros(values.shape, np.float32)
+    return np.clip((values - lo) / (hi - lo), 0, 1).astype(np.float32)
+
+# %% [markdown]
+# The check for exercise 3 (it compares with `data.normalize_image`):
+
+# %% tags=["exercise-check", "nbval-check-output"]
+rng = np.random.default_rng(0)
+one_bright = np.zeros((32, 32), np.uint8)
+one_bright[5, 7] = 200
+tests = {"8-bit": rng.integers(0, 256, (32, 32)).astype(np.uint8), "16-bit narrow range": raw12,
+         "float": rng.normal(size=(16, 16)), "constant": np.full((8, 8), 7, np.uint16), "one bright pixel": one_bright}
+for name, array in tests.items():
+    for low_p, high_p in [(1, 99.8), (0, 100), (5, 95)]:
+        mine = np.asarray(percentile_normalize(array, low_p, high_p))
+        assert mine.shape == array.shape and np.allclose(mine, data.normalize_image(array, low_p, high_p),
+                                                         atol=1e-5), (name, low_p, high_p)
+print("percentile_normalize is correct on:", ", ".join(tests))
