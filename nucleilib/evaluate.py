@@ -1,8 +1,8 @@
 """Run a model (or the classical baseline) over files and folders: count nuclei, and score against annotations.
 
 The pieces are elsewhere (``predict`` for probabilities, ``count`` for labels, ``metrics`` for scores, ``datasets``
-for reading); this module strings them together for the ``count`` and ``evaluate`` commands and for chapters 05
-and 06. Torch is imported only when a model runs.
+for reading); this module strings them together for the ``count`` and ``evaluate`` commands and for chapters 07
+and 08. Torch is imported only when a model runs.
 """
 
 from __future__ import annotations
@@ -147,14 +147,15 @@ def evaluate_samples(
     """Pixel, instance and count metrics of ``segment`` (``image -> labels``) over ``(name, image, labels)`` samples.
 
     The scores of :func:`nucleilib.metrics.evaluate_instances`, rounded to 4 digits, with ``pixel_dice`` and
-    ``pixel_iou`` named ``dice`` and ``iou``.
+    ``pixel_iou`` named ``dice`` and ``iou``: ``mean_ap_per_image`` is the 2018 Data Science Bowl score, ``mean_ap``
+    the same AP pooled over the nuclei of all images.
 
     Examples
     --------
     >>> labels = np.zeros((16, 16), np.int32); labels[2:6, 2:6] = 1; labels[9:14, 9:14] = 2
     >>> scores = evaluate_samples([("a", labels * 100, labels)], lambda image: (image > 0) * labels)
-    >>> scores["dice"], scores["ap50"], scores["count_mae"]
-    (1.0, 1.0, 0.0)
+    >>> scores["dice"], scores["ap50"], scores["mean_ap_per_image"], scores["count_mae"]
+    (1.0, 1.0, 1.0, 0.0)
     """
     from tqdm.auto import tqdm
 

@@ -3,8 +3,9 @@
 - Pixel: :func:`dice` and :func:`iou` of two binary masks (one formula: :func:`overlap_scores`).
 - Instance: true and predicted nuclei are matched one-to-one by IoU with an optimal assignment
   (:func:`scipy.optimize.linear_sum_assignment`); at threshold ``t`` a match is a true positive when its
-  IoU >= ``t``. Precision TP/(TP+FP), recall TP/(TP+FN), F1, and the 2018 Data Science Bowl score
-  AP(t) = TP/(TP+FP+FN), averaged over t = 0.50, 0.55, ..., 0.95 (:func:`mean_ap`).
+  IoU >= ``t``. Precision TP/(TP+FP), recall TP/(TP+FN), F1, and AP(t) = TP/(TP+FP+FN), averaged over
+  t = 0.50, 0.55, ..., 0.95 for one image (:func:`mean_ap`); the 2018 Data Science Bowl score is the mean of that
+  over the images (``mean_ap_per_image`` of :func:`evaluate_instances`).
 - Count: absolute and relative error of the nucleus count (:func:`count_error`).
 
 With neither true nor predicted nuclei every ratio is 1.0 (nothing to find, nothing wrongly found); otherwise
@@ -261,20 +262,21 @@ def evaluate_instances(
 ) -> dict[str, float]:
     """Instance, pixel and count metrics over many pairs of label images (shapes may differ between pairs).
 
-    TP, FP and FN are summed over all images before the ratios are taken (so crowded images weigh more, and an
-    image without nuclei cannot dominate); the mean of the per-image scores, as on the 2018 Data Science Bowl
-    leaderboard, is given too. Returns ``ap50``, ``f1_50``, ``precision_50``, ``recall_50``, ``mean_ap``,
-    ``ap50_per_image``, ``mean_ap_per_image``, ``count_mae``, ``count_mre`` (mean absolute and relative count
-    error per image), ``pixel_dice``, ``pixel_iou``, ``n_true``, ``n_pred``, ``n_images`` and ``ap_by_threshold``.
-    The ``thresholds`` must contain 0.5.
+    Pooled scores sum TP, FP and FN over all images before the ratios are taken (each nucleus weighs the same, so
+    crowded images weigh more): ``ap50``, ``f1_50``, ``precision_50``, ``recall_50``, ``ap_by_threshold`` and
+    ``mean_ap`` (the mean of ``ap_by_threshold``). Per-image scores are means over the images (each image weighs
+    the same): ``ap50_per_image`` and ``mean_ap_per_image``, the mean of :func:`mean_ap` over the images, which is
+    the 2018 Data Science Bowl score. Also ``count_mae``, ``count_mre`` (mean absolute and relative count error per
+    image), ``pixel_dice``, ``pixel_iou``, ``n_true``, ``n_pred`` and ``n_images``. ``thresholds`` must hold 0.5.
 
     Examples
     --------
-    >>> t = np.zeros((4, 4), int); t[:2, :2] = 1; t[3, 3] = 2
-    >>> p = t.copy(); p[3, 3] = 0                    # the second nucleus is missed
-    >>> r = evaluate_instances([t, t], [t, p])
-    >>> r["ap50"], r["count_mae"], r["n_images"]     # 3 TP, 1 FN over the two images
-    (0.75, 0.5, 2)
+    Three nuclei found exactly in one image, the only nucleus of a second image missed:
+
+    >>> t = np.zeros((4, 6), int); t[0, 0], t[0, 2], t[0, 4] = 1, 2, 3
+    >>> r = evaluate_instances([t, t[:, :2]], [t, 0 * t[:, :2]])
+    >>> r["mean_ap"], r["mean_ap_per_image"], r["count_mae"]   # pooled 3 / (3 + 1); per image (1 + 0) / 2
+    (0.75, 0.5, 0.5)
     """
     if len(true_list) != len(pred_list) or len(true_list) == 0:
         raise ValueError(f"evaluate_instances: need equally many true and predicted label images, "

@@ -159,6 +159,17 @@ def test_evaluate_path_reports_what_was_evaluated(tmp_path):
     scores = evaluate.evaluate_path(path, method="baseline", settings=CountSettings(threshold=0.3), progress=False)
     assert (scores["data"], scores["method"], scores["threshold"]) == (str(path), "baseline", 0.3)
     assert scores["n_images"] == 3 and scores["ap50"] == 1.0  # bright separate squares: the baseline finds them
+    assert scores["ap50_per_image"] == scores["mean_ap_per_image"] == 1.0  # the squares are found exactly
+
+
+def test_the_dsb_score_is_the_mean_over_images_not_over_nuclei():
+    image, labels = FIELDS[0]  # three nuclei, found
+    single = np.where(labels == 1, 1, 0).astype(np.int32)  # one nucleus, dimmer, missed
+    samples = [("three", image, labels), ("one", np.where(single > 0, 180, 30).astype(np.uint8), single)]
+    brightest_only = lambda image: perfect(image) if image.max() > 200 else np.zeros(image.shape, np.int32)
+    scores = evaluate.evaluate_samples(samples, brightest_only)
+    assert (scores["ap50"], scores["mean_ap"]) == (0.75, 0.75)  # pooled: 3 TP, 1 FN
+    assert (scores["ap50_per_image"], scores["mean_ap_per_image"]) == (0.5, 0.5)  # per image: (1 + 0) / 2
 
 
 def test_the_baseline_takes_min_area_and_split_but_not_threshold():

@@ -159,3 +159,18 @@ def test_evaluate_instances_pools_counts_over_images():
     assert (r["n_true"], r["n_pred"], r["n_images"]) == (4, 3, 3)
     with pytest.raises(ValueError, match="equally many"):
         metrics.evaluate_instances([TRUE], [])
+
+
+def test_pooled_and_per_image_mean_ap_differ():
+    # Image A: three nuclei found exactly. Image B: one nucleus found with IoU 0.5 (AP 1 at t = 0.5 only).
+    crowded = squares((20, 20), [(1, 0, 4, 0, 4), (2, 10, 14, 10, 14), (3, 0, 4, 10, 14)])
+    one, one_loose = squares((4, 4), [(1, 0, 2, 0, 2)]), squares((4, 4), [(1, 0, 2, 0, 1)])
+    r = metrics.evaluate_instances([crowded, one], [crowded, one_loose])
+    # per image: mean AP 1.0 and 0.1 -> 0.55, the 2018 Data Science Bowl score
+    assert r["mean_ap_per_image"] == pytest.approx(0.55)
+    assert r["mean_ap_per_image"] == pytest.approx(np.mean([metrics.mean_ap(crowded, crowded),
+                                                            metrics.mean_ap(one, one_loose)]))
+    # pooled: 4 TP at t = 0.5 -> 1.0; above it 3 TP, 1 FP, 1 FN -> 3/5; mean (1 + 9 * 0.6) / 10 = 0.64
+    assert r["ap_by_threshold"][0.5] == 1.0 and r["ap_by_threshold"][0.55] == pytest.approx(0.6)
+    assert r["mean_ap"] == pytest.approx(0.64)
+    assert (r["ap50"], r["ap50_per_image"]) == (1.0, 1.0)
