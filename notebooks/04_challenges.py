@@ -23,6 +23,16 @@
 # fixed; every claim is checked by an `assert` that fails if the failure does not happen.
 
 # %% [markdown]
+# A switch for a quick demo: `True` trains on small data for a few epochs (the "fast" preset that CI uses), so
+# the chapter runs in a few minutes instead of about ten; numbers and figures then differ from the stored ones.
+
+# %%
+QUICK_DEMO = False  # True: small data and a few epochs (the "fast" preset that CI uses)
+import os
+if QUICK_DEMO:
+    os.environ["NUCLEILIB_FAST"] = "1"
+
+# %% [markdown]
 # First the result: the three failures in one line each, measured on one synthetic image with the shipped model.
 # A probability map cast to `uint8` is all black, and counting it finds nothing; the fixed pipeline counts.
 
@@ -438,6 +448,8 @@ print("a diagonal pair: 8-connected", cv2_count(diagonal, 8) - 1, "component, 4-
 rng = np.random.default_rng(0)
 noisy = [np.maximum(b, (rng.random(b.shape) < 0.002).astype(np.uint8)) for b in binary]
 resized = [cv2.resize(b * 255, None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR) for b in binary]
+
+# %%
 mistakes = {  # name: (naive counts, fixed counts)
     "probabilities cast to uint8": ([cv2_count(p[0].astype(np.uint8)) - 1 for p in probs],
                                     [data.label_components(b)[0] for b in binary]),
@@ -534,6 +546,8 @@ viz.save_figure(fig, "04_count_mistakes.png")
 #    predicted foreground fraction do?
 # 3. Count the noisy masks with `count.remove_small` at `min_area` 2, 10 and 40. Which value removes the specks
 #    without removing real nuclei?
+# 4. Write `count_nuclei_cv2(mask)`: the number of nuclei in a binary mask with `cv2.connectedComponents`,
+#    without the label-0 mistake and with 8-connectivity. The cell after the solutions checks it.
 
 # %% jupyter={"outputs_hidden": true, "source_hidden": true} tags=["solution", "hide-cell"]
 _, slow = train_run(1e-5, n_epochs=2)
@@ -551,3 +565,20 @@ for min_area in [2, 10, 40]:
     counts = [int(count.remove_small(data.label_components(n)[1], min_area).max()) for n in noisy]
     print(f"min_area {min_area:>2}: count error {error(counts):5.2f}; true nuclei smaller than this: "
           f"{(true_areas[true_areas > 0] < min_area).sum()}")
+
+# %% jupyter={"outputs_hidden": true, "source_hidden": true} tags=["solution", "hide-cell"]
+def count_nuclei_cv2(mask):
+    n_labels, _ = cv2.connectedComponents((np.asarray(mask) > 0).astype(np.uint8), connectivity=8)
+    return n_labels - 1  # label 0 is the background
+
+# %% [markdown]
+# The check for exercise 4, on a hand-made mask (two nuclei touching only at a corner, one apart) and on the
+# chapter's masks against the library:
+
+# %% tags=["exercise-check", "nbval-check-output"]
+toy = np.zeros((6, 6), np.uint8)
+toy[0:2, 0:2] = 1; toy[2:4, 2:4] = 1; toy[5, 5] = 1   # 8-connectivity joins the first two at the corner
+assert count_nuclei_cv2(toy) == 2 and count_nuclei_cv2(np.zeros((4, 4))) == 0
+assert all(count_nuclei_cv2(b) == data.label_components(b)[0] for b in binary)
+print("count_nuclei_cv2 is correct")
+
