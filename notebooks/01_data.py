@@ -45,7 +45,7 @@ print(f"image {image.shape} {image.dtype}: {labels.max()} nuclei in the labels, 
 
 # %% [markdown]
 # The mask has fewer blobs than there are nuclei: touching nuclei merge into one blob. Counting them apart is
-# the subject of chapter 05. Here is the image with the outline of every true nucleus.
+# the subject of chapter 07. Here is the image with the outline of every true nucleus.
 
 # %%
 from nucleilib import augment, datasets, io, viz

@@ -46,7 +46,7 @@ print(f"pixels above 0.5: {np.mean(probability[0] > 0.5):.1%}, true foreground: 
 
 # %% [markdown]
 # Two maps: the probability that a pixel belongs to a nucleus (`mask`), and that it lies in a nucleus'
-# *interior* (`interior`), which chapter 05 uses to split touching nuclei. In the first, 21.0 % of the pixels are
+# *interior* (`interior`), which chapter 07 uses to split touching nuclei. In the first, 21.0 % of the pixels are
 # above 0.5, close to the 20.3 % that truly are nucleus. Side by side, the image and the two maps:
 
 # %%

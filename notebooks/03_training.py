@@ -23,6 +23,16 @@
 # First the result we are after: the shipped model's pixel Dice on synthetic images it has never seen (Dice is
 # 1 for a perfect mask, 0 for no overlap).
 
+# %% [markdown]
+# A switch for a quick demo: `True` trains on 200 images for 3 epochs (the "fast" preset that CI uses), about a
+# minute; `False` (the stored outputs) uses 600 images and 12 epochs, a few minutes on a laptop CPU.
+
+# %%
+QUICK_DEMO = False  # True: small data and a few epochs (the "fast" preset that CI uses)
+import os
+if QUICK_DEMO:
+    os.environ["NUCLEILIB_FAST"] = "1"
+
 # %% tags=["nbval-check-output"]
 from nucleilib import checkpoint, data, datasets, synth, train
 
@@ -173,6 +183,10 @@ print(shipped_info["provenance"]["metrics"])
 # 1. Train for the same number of epochs without augmentation (`augment=False`). Is the validation Dice better or
 #    worse, and why?
 # 2. Train with `loss=losses.bce_loss` only. Which images suffer most?
+# 3. Write `dice_loss_by_hand(logits, target, smooth=1.0)`: the sigmoid of the logits, then one minus the Dice
+#    `(2 * intersection + smooth) / (sum of probabilities + sum of target + smooth)` with the sums over the whole
+#    batch (one Dice per channel, averaged over channels). The cell after the solutions checks it against
+#    `losses.dice_loss`.
 
 # %% jupyter={"outputs_hidden": true, "source_hidden": true} tags=["solution", "hide-cell"]
 torch.manual_seed(0)
@@ -190,3 +204,25 @@ short = train.TrainSettings(epochs=min(settings["epochs"], 5), max_minutes=setti
 bce_history = train.fit(bce_only, (images[train_idx], masks[train_idx]), (images[val_idx], masks[val_idx]),
                         short, loss=losses.bce_loss, progress=False)
 print(f"BCE only: best validation Dice {max(bce_history['val_dice']):.3f}")
+
+# %% jupyter={"outputs_hidden": true, "source_hidden": true} tags=["solution", "hide-cell"]
+def dice_loss_by_hand(logits, target, smooth=1.0):
+    probabilities = torch.sigmoid(logits)
+    intersection = (probabilities * target).sum(dim=(0, 2, 3))  # one value per channel
+    total = probabilities.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3))
+    return 1 - ((2 * intersection + smooth) / (total + smooth)).mean()
+
+# %% [markdown]
+# The check for exercise 3: on the hand-worked 2x2 case (all logits 0, so every probability is 0.5, against a
+# mask of two pixels: Dice (2 x 1 + 1) / (2 + 2 + 1) = 0.6, loss 0.4) and on random batches:
+
+# %% tags=["exercise-check", "nbval-check-output"]
+undecided, half = torch.zeros(1, 1, 2, 2), torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
+assert abs(dice_loss_by_hand(undecided, half).item() - 0.4) < 1e-6
+generator = torch.Generator().manual_seed(0)
+for _ in range(3):
+    logits = torch.randn(4, 1, 16, 16, generator=generator)
+    target = (torch.rand(4, 1, 16, 16, generator=generator) > 0.7).float()
+    assert torch.allclose(dice_loss_by_hand(logits, target), losses.dice_loss(logits, target), atol=1e-6)
+print("dice_loss_by_hand is correct")
+
