@@ -17,7 +17,7 @@
 # After this chapter you will be able to:
 # - tell a learning rate that is too high from a training that is too short, from the loss curves alone;
 # - find why a U-Net predicts an all-black mask: normalization, the thresholded quantity, or class imbalance;
-# - count nuclei with `cv2.connectedComponents` without the five classic mistakes.
+# - count nuclei with `cv2.connectedComponents` without the seven mistakes measured here.
 #
 # The source project hit exactly these three problems. Each is broken here on purpose, measured, explained and
 # fixed; every claim is checked by an `assert` that fails if the failure does not happen.
@@ -33,8 +33,8 @@ if QUICK_DEMO:
     os.environ["NUCLEILIB_FAST"] = "1"
 
 # %% [markdown]
-# First the result: the three failures in one line each, measured on one synthetic image with the shipped model.
-# A probability map cast to `uint8` is all black, and counting it finds nothing; the fixed pipeline counts.
+# First the result, for one of the failures, measured on one synthetic image with the shipped model: a probability
+# map cast to `uint8` is all black, and counting it finds nothing; the fixed pipeline counts.
 
 # %%
 import numpy as np
@@ -164,7 +164,7 @@ viz.save_figure(fig, "04_lr_range_test.png")
 # %% [markdown]
 # Read it from left to right: flat (the rate is too small to move anything), falling (useful rates), then the
 # loss explodes (too large; the test stops there). The rule of thumb takes a tenth of the rate at the lowest
-# loss. 0.001 lies at the slow, safe end of the falling part; 10 is beyond the explosion.
+# loss. The figure marks the source's 0.001, that suggestion, and 10.
 #
 # **Lowering the learning rate on a plateau** (`ReduceLROnPlateau` inside `fit`) watches the validation loss:
 # when it has not improved for `plateau_patience` epochs, the rate is halved. On the curve this shows as a
@@ -410,7 +410,7 @@ viz.save_figure(fig, "04_all_black.png")
 # %% [markdown]
 # ## 3. The counts are wrong
 #
-# The count is `cv2.connectedComponents` on a mask: simple, and easy to get wrong in five ways. Each is measured
+# The count is `cv2.connectedComponents` on a mask: simple, and easy to get wrong in seven ways. Each is measured
 # on fresh test images with the shipped model (two outputs: the nucleus mask and its interior) and the true
 # number of nuclei from the labels. Chapter 05 builds the fixed pipeline step by step.
 
@@ -478,7 +478,8 @@ for name, (naive, fixed) in mistakes.items():
           f"{np.abs(naive - true_counts).mean():13.2f} {np.abs(fixed - true_counts).mean():6.2f}")
 
 # %% [markdown]
-# Checked: probabilities cast to `uint8` are all 0, so nothing is counted (scaled to 0-255 first, every faint
+# Checked: probabilities cast to `uint8` keep only the pixels whose probability is exactly 1, so almost nothing is
+# counted (the naive column) (scaled to 0-255 first, every faint
 # background pixel above 1/255 becomes foreground instead: specks or merged blobs, depending on the model); an
 # anti-aliased mask merges neighbours through its grey halo; forgetting label 0 adds exactly one per image; specks count as
 # nuclei until a minimum area removes them; the watershed splits touching nuclei and lowers the error.
@@ -534,7 +535,7 @@ viz.save_figure(fig, "04_count_mistakes.png")
 #   saw what lowering the learning rate on a plateau does;
 # - made the predicted masks all black through normalization, thresholding and class imbalance, and saw that
 #   "adding a small value" is only a lower threshold;
-# - counted wrongly in five ways with `cv2.connectedComponents` and fixed each, with the count error measured.
+# - counted wrongly in seven ways with `cv2.connectedComponents` and fixed each, with the count error measured.
 #
 # Chapter 05 builds the counting pipeline step by step and lets you tune it on your own images.
 
