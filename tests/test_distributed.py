@@ -42,7 +42,8 @@ def test_torchrun_two_processes_match_one(small_data):
 
     # Only rank 0 reports and writes: one metrics block, one best and one resumable checkpoint.
     assert done.stdout.count('"val_dice"') == 1
-    assert sorted(p.name for p in folder.iterdir() if p.name.startswith("two")) == ["two.last.pt", "two.pt"]
+    written = sorted(p.name for p in folder.iterdir() if p.name.startswith("two"))
+    assert written == ["two.history.json", "two.last.pt", "two.pt"]  # rank 0 alone writes
 
     single, double = checkpoint.load_checkpoint(one), checkpoint.load_checkpoint(two)
     assert single["provenance"]["processes"] == 1
