@@ -72,6 +72,7 @@ def _download(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     from nucleilib import train
+    from nucleilib.checkpoint import last_checkpoint_path
 
     # The preset's settings; the options given on the command line (not None) override them.
     settings = train.TrainSettings.from_preset(
@@ -79,10 +80,13 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         depth=args.depth, batch_size=args.batch_size, compile=args.compile,
     )
     settings = dataclasses.replace(settings, early_stopping=args.early_stopping or None)  # 0: never stop early
-    result = train.train_from_npz(args.data, args.out, settings, command=_command_line(argv))
+    result = train.train_from_npz(args.data, args.out, settings, command=_command_line(argv), resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only the first process reports
         print(json.dumps(result.get("metrics", {}), indent=2))
         print(f"wrote {args.out} and {Path(args.out).with_suffix('.history.json')}")
+    if result["history"]["stop_reason"] == "interrupted":
+        print(f"interrupted; continue with --resume {last_checkpoint_path(args.out)}", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -193,6 +197,8 @@ def _train_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes")
     train.add_argument("--early-stopping", type=int, default=8, metavar="EPOCHS",
                        help="stop after this many epochs without a better validation loss; 0: never (default 8)")
+    train.add_argument("--resume", default=None, metavar="LAST_CHECKPOINT",
+                       help="continue an interrupted run from its OUT.last.pt (give the run's other options again)")
     train.add_argument("--base", type=int, default=None, help="U-Net channels of the first level (default: preset)")
     train.add_argument("--depth", type=int, default=None, help="U-Net poolings (default: preset)")
     train.add_argument("--batch-size", type=int, default=None,

@@ -428,7 +428,7 @@ def _test_metrics(history: dict, model: UNet, test: tuple[np.ndarray, np.ndarray
 def train_from_npz(data_path: str | Path | Sequence[str | Path], out: str | Path, settings: TrainSettings | None = None,
                    command: str | None = None, extra_data: Sequence[str | Path] = (),
                    data_description: str | None = None, progress: bool = True,
-                   device: str | torch.device | None = None) -> dict:
+                   device: str | torch.device | None = None, resume: str | Path | None = None) -> dict:
     """Train a U-Net on ``.npz`` data set(s) and write the best checkpoint with its provenance.
 
     The images of all files (``data_path`` and ``extra_data``) are concatenated and split (seeded) into train /
@@ -437,7 +437,8 @@ def train_from_npz(data_path: str | Path | Sequence[str | Path], out: str | Path
     nuclei. The provenance records the settings (default ``TrainSettings.from_preset("default")``; stored flat,
     :meth:`TrainSettings.from_checkpoint` reads them back), the ``command``, the data files' hashes, the
     ``data_description``, the split, the versions and the metrics. ``device``: default ``runtime.select_device()``
-    (under ``torchrun``: this process's GPU, or the CPU). Returns ``history``, ``metrics`` (``val_dice``,
+    (under ``torchrun``: this process's GPU, or the CPU). ``resume``: a last checkpoint of the same run to continue
+    (its command and date are kept in the provenance as ``resumed_from``). Returns ``history``, ``metrics`` (``val_dice``,
     ``test_dice``, ``test_iou`` ...), ``heads`` and ``out``.
 
     Examples
@@ -472,8 +473,11 @@ def train_from_npz(data_path: str | Path | Sequence[str | Path], out: str | Path
             "processes": world_size, "nucleilib_version": __version__, "torch_version": str(torch.__version__),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
+        if resume is not None:
+            earlier = load_checkpoint(resume).get("provenance") or {}
+            provenance["resumed_from"] = {"path": str(resume), **{k: earlier.get(k) for k in ("command", "date")}}
         history = fit(model, (images[parts[0]], targets[parts[0]]), (images[parts[1]], targets[parts[1]]), settings,
-                      out=out, device=device, progress=progress and rank == 0, provenance=provenance)
+                      out=out, resume=resume, device=device, progress=progress and rank == 0, provenance=provenance)
         metrics = _test_metrics(history, model, (images[parts[2]], targets[parts[2]]), rank)
         metrics["seconds"] = round(time.perf_counter() - started, 1)
         provenance.update(metrics=metrics, device=str(model_device(model)), compiled=history["compiled"])

@@ -82,6 +82,32 @@ def test_train_early_stopping_zero_means_never(small_set, tmp_path):
     assert json.loads(out.with_suffix(".history.json").read_text())["provenance"]["early_stopping"] is None
 
 
+def test_train_resume_continues_the_run_and_says_so(small_set, tmp_path):
+    out, options = tmp_path / "run.pt", ["--preset", "fast", "--base", "2", "--depth", "1", "--seed", "2"]
+    assert cli.main(["train", "--data", str(small_set), "--out", str(out), "--epochs", "2", *options]) == 0
+    straight = json.loads(out.with_suffix(".history.json").read_text())["history"]
+    again = tmp_path / "again.pt"
+    assert cli.main(["train", "--data", str(small_set), "--out", str(again), "--epochs", "1", *options]) == 0
+    last = again.with_suffix(".last.pt")
+    assert cli.main(["train", "--data", str(small_set), "--out", str(again), "--epochs", "2", "--resume", str(last),
+                     *options]) == 0
+    stored = json.loads(again.with_suffix(".history.json").read_text())
+    assert stored["history"]["val_loss"] == pytest.approx(straight["val_loss"], rel=1e-5)
+    assert stored["provenance"]["resumed_from"]["path"] == str(last)
+    assert "--epochs 1" in stored["provenance"]["resumed_from"]["command"]
+
+
+def test_train_interrupted_exits_130_and_names_the_checkpoint_to_resume(small_set, tmp_path, monkeypatch, capsys):
+    from nucleilib import train
+
+    def interrupted(*args, **kwargs):
+        return {"history": {"stop_reason": "interrupted"}, "metrics": {}}
+
+    monkeypatch.setattr(train, "train_from_npz", interrupted)
+    assert cli.main(["train", "--data", str(small_set), "--out", str(tmp_path / "m.pt")]) == 130
+    assert f"--resume {tmp_path / 'm.last.pt'}" in capsys.readouterr().err
+
+
 def data_sha256(path: Path) -> str:
     import hashlib
 
