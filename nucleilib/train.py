@@ -22,7 +22,7 @@ import torch
 
 from nucleilib import __version__
 from nucleilib.augment import augment_batch
-from nucleilib.checkpoint import last_checkpoint_path, load_checkpoint, save_checkpoint, save_history
+from nucleilib.checkpoint import last_checkpoint_path, load_checkpoint, load_model, save_checkpoint, save_history
 from nucleilib.data import split_indices
 from nucleilib.io import file_sha256, load_npz
 from nucleilib.losses import bce_dice_loss, targets_from_labels
@@ -425,10 +425,18 @@ def _test_metrics(history: dict, model: UNet, test: tuple[np.ndarray, np.ndarray
     return metrics
 
 
+def _start_from(settings: TrainSettings, init: str | Path) -> tuple[TrainSettings, UNet, dict]:
+    """The checkpoint ``init`` that training continues from: its model size and heads, its weights, its record."""
+    model, info = load_model(init)
+    settings = replace(settings, base=info["config"]["base"], depth=info["config"]["depth"], heads=tuple(info["heads"]))
+    return settings, model, {"path": str(init), "sha256": file_sha256(init), "command": info["provenance"].get("command")}
+
+
 def train_from_npz(data_path: str | Path | Sequence[str | Path], out: str | Path, settings: TrainSettings | None = None,
                    command: str | None = None, extra_data: Sequence[str | Path] = (),
                    data_description: str | None = None, progress: bool = True,
-                   device: str | torch.device | None = None, resume: str | Path | None = None) -> dict:
+                   device: str | torch.device | None = None, resume: str | Path | None = None,
+                   init: str | Path | None = None) -> dict:
     """Train a U-Net on ``.npz`` data set(s) and write the best checkpoint with its provenance.
 
     The images of all files (``data_path`` and ``extra_data``) are concatenated and split (seeded) into train /
@@ -438,7 +446,9 @@ def train_from_npz(data_path: str | Path | Sequence[str | Path], out: str | Path
     :meth:`TrainSettings.from_checkpoint` reads them back), the ``command``, the data files' hashes, the
     ``data_description``, the split, the versions and the metrics. ``device``: default ``runtime.select_device()``
     (under ``torchrun``: this process's GPU, or the CPU). ``resume``: a last checkpoint of the same run to continue
-    (its command and date are kept in the provenance as ``resumed_from``). Returns ``history``, ``metrics`` (``val_dice``,
+    (its command and date are kept in the provenance as ``resumed_from``); ``init``: a checkpoint whose weights
+    training starts from (fine-tuning; its model size and heads replace those of ``settings``; recorded as
+    ``initialized_from``). Returns ``history``, ``metrics`` (``val_dice``,
     ``test_dice``, ``test_iou`` ...), ``heads`` and ``out``.
 
     Examples
@@ -455,6 +465,10 @@ def train_from_npz(data_path: str | Path | Sequence[str | Path], out: str | Path
         paths = [Path(data_path)] if isinstance(data_path, (str, Path)) else [Path(p) for p in data_path]
         paths += [Path(p) for p in extra_data]
         started = time.perf_counter()
+        if init is not None and resume is not None:
+            raise ValueError("give init (weights to start from) or resume (a run to continue), not both")
+        if init is not None:
+            settings, start, initialized_from = _start_from(settings, init)
         images, targets, heads, described = _load_training_data(paths, settings.heads)
         settings = replace(settings, heads=heads)
         if settings.max_images is not None and len(images) > settings.max_images:
@@ -466,6 +480,8 @@ def train_from_npz(data_path: str | Path | Sequence[str | Path], out: str | Path
 
         torch.manual_seed(settings.seed)
         model = UNet(in_channels=1, out_channels=len(heads), base=settings.base, depth=settings.depth)
+        if init is not None:
+            model.load_state_dict(start.state_dict())
         provenance = {
             "command": command or f"train_from_npz({[str(p) for p in paths]!r}, {str(out)!r}, {settings!r})",
             **asdict(settings), "data": described, "data_description": data_description or "",
@@ -476,6 +492,8 @@ def train_from_npz(data_path: str | Path | Sequence[str | Path], out: str | Path
         if resume is not None:
             earlier = load_checkpoint(resume).get("provenance") or {}
             provenance["resumed_from"] = {"path": str(resume), **{k: earlier.get(k) for k in ("command", "date")}}
+        if init is not None:
+            provenance["initialized_from"] = initialized_from
         history = fit(model, (images[parts[0]], targets[parts[0]]), (images[parts[1]], targets[parts[1]]), settings,
                       out=out, resume=resume, device=device, progress=progress and rank == 0, provenance=provenance)
         metrics = _test_metrics(history, model, (images[parts[2]], targets[parts[2]]), rank)

@@ -97,6 +97,25 @@ def test_train_resume_continues_the_run_and_says_so(small_set, tmp_path):
     assert "--epochs 1" in stored["provenance"]["resumed_from"]["command"]
 
 
+def test_train_init_starts_from_the_given_weights_and_records_them(tiny_model, small_set, tmp_path):
+    out = tmp_path / "tuned.pt"
+    assert cli.main(["train", "--data", str(small_set), "--out", str(out), "--init", str(tiny_model), "--epochs", "1",
+                     "--preset", "fast", "--base", "16", "--lr", "1e-12"]) == 0
+    start, tuned = torch.load(tiny_model, weights_only=True), torch.load(out, weights_only=True)
+    assert tuned["config"] == start["config"] and tuned["heads"] == start["heads"]  # the checkpoint's size, not 16
+    weights = [key for key, value in start["state_dict"].items() if key.endswith("weight") and value.ndim == 4]
+    assert weights and all(torch.allclose(tuned["state_dict"][key], start["state_dict"][key], atol=1e-6)
+                           for key in weights)
+    assert tuned["provenance"]["initialized_from"]["sha256"] == data_sha256(tiny_model)
+
+
+def test_train_init_lowers_the_default_learning_rate(tiny_model, small_set, tmp_path):
+    out = tmp_path / "tuned.pt"
+    assert cli.main(["train", "--data", str(small_set), "--out", str(out), "--init", str(tiny_model), "--epochs", "1",
+                     "--preset", "fast"]) == 0
+    assert torch.load(out, weights_only=True)["provenance"]["lr"] == cli.FINE_TUNING_LR
+
+
 def test_train_interrupted_exits_130_and_names_the_checkpoint_to_resume(small_set, tmp_path, monkeypatch, capsys):
     from nucleilib import train
 
