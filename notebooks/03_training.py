@@ -436,7 +436,7 @@ print(info["config"], info["heads"], info["normalization"], len(info["history"][
 # %% [markdown]
 # ## Against the shipped model
 #
-# The shipped model (`models/nuclei_unet.pt`) has the same two outputs and was made by the project's own `train`
+# The shipped model (`nucleilib/nuclei_unet.pt`) has the same two outputs and was made by the project's own `train`
 # command, which calls `fit`, on synthetic and real images, for longer (its command is printed below). Both on the
 # 16 unseen synthetic test images of the first cell: pixel scores of the nucleus output, and the mean error of
 # counting the blobs of each output per image:

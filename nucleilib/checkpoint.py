@@ -25,7 +25,10 @@ MODEL_ENV = "NUCLEILIB_MODEL"
 
 
 def default_model_path() -> Path:
-    """Path of the shipped model (it may not exist yet): ``$NUCLEILIB_MODEL`` if set, else ``models/nuclei_unet.pt``.
+    """Path of the shipped model: ``$NUCLEILIB_MODEL`` if set, else ``nuclei_unet.pt`` inside the package.
+
+    The model travels with the package (a wheel or ``pip install`` holds it too), so ``count`` works wherever
+    ``nucleilib`` is installed.
 
     Examples
     --------
@@ -35,7 +38,7 @@ def default_model_path() -> Path:
     override = os.environ.get(MODEL_ENV, "").strip()
     if override:
         return Path(override).expanduser()
-    return Path(__file__).resolve().parent.parent / "models" / "nuclei_unet.pt"
+    return Path(__file__).resolve().parent / "nuclei_unet.pt"
 
 
 def last_checkpoint_path(out: str | Path) -> Path:

@@ -203,7 +203,7 @@ def _train_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--early-stopping", type=int, default=8, metavar="EPOCHS",
                        help="stop after this many epochs without a better validation loss; 0: never (default 8)")
     train.add_argument("--init", default=None, metavar="CHECKPOINT",
-                       help="fine-tune: start from these weights (e.g. models/nuclei_unet.pt); "
+                       help="fine-tune: start from these weights (e.g. nucleilib/nuclei_unet.pt, the shipped model); "
                             "the model size and outputs are the checkpoint's")
     train.add_argument("--resume", default=None, metavar="LAST_CHECKPOINT",
                        help="continue an interrupted run from its OUT.last.pt (give the run's other options again)")

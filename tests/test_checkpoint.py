@@ -81,11 +81,11 @@ def test_missing_default_model_says_how_to_train_one(tmp_path, monkeypatch):
         load_model()
 
 
-def test_default_model_path_is_inside_the_project(monkeypatch):
+def test_default_model_path_is_inside_the_package(monkeypatch):
     monkeypatch.delenv("NUCLEILIB_MODEL", raising=False)
     path = default_model_path()
-    assert path.parts[-2:] == ("models", "nuclei_unet.pt")
-    assert (path.parent.parent / "nucleilib" / "checkpoint.py").is_file()
+    assert path.parts[-2:] == ("nucleilib", "nuclei_unet.pt") and path.is_file()
+    assert (path.parent / "checkpoint.py").is_file()
 
 
 def test_failed_save_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
