@@ -224,6 +224,15 @@ def _count_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--no-split", action="store_true", help="do not split touching nuclei")
 
 
+def _export(args: argparse.Namespace) -> int:
+    from nucleilib import export
+
+    metadata = export.export_onnx(args.out, model_path=args.model)
+    print(f"wrote {args.out}: ONNX, input 'image' (N, 1, H, W) float32 normalized as {metadata['normalization']}, "
+          f"H and W multiples of {metadata['size_multiple']}; output 'logits' (N, heads {metadata['heads']}, H, W)")
+    return 0
+
+
 def _bench_arguments(bench: argparse.ArgumentParser) -> None:
     """The options of ``bench``."""
     bench.add_argument("--json", action="store_true", help="print JSON")
@@ -260,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     count.add_argument("--out", required=True, help="output folder")
     _count_arguments(count)
     count.add_argument("--channel", type=int, default=None, help="channel holding the nuclei in colour images")
+    export = commands.add_parser("export", help="write the model as ONNX for tools without PyTorch")
+    export.add_argument("--format", choices=["onnx"], default="onnx", help="file format (default onnx)")
+    export.add_argument("--out", required=True, help="output file, e.g. nuclei_unet.onnx")
+    export.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
     bench = commands.add_parser("bench", help="measure this machine: matmul peak, training and inference speed")
     _bench_arguments(bench)
     return parser
@@ -279,7 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     True
     """
     args = build_parser().parse_args(argv)
-    handlers = {"make-data": _make_data, "download": _download, "evaluate": _evaluate, "count": _count, "bench": _bench}
+    handlers = {"make-data": _make_data, "download": _download, "evaluate": _evaluate, "count": _count, "bench": _bench,
+                "export": _export}
     try:
         if args.command == "train":
             return _train(args, argv)

@@ -17,7 +17,7 @@ import torch
 from nucleilib import cli, data, io, synth
 
 COMMANDS = ["make-data", "import-dsb2018", "import-bbbc039", "import-pairs", "download", "train", "evaluate", "count",
-            "bench"]
+            "bench", "export"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

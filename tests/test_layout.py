@@ -1,6 +1,7 @@
 """The library's shape: one job per module, imports pointing down, small functions, nothing twice.
 
-These are the budgets of the module-layout issue, checked on every run so they cannot erode.
+These are the budgets of the module-layout issue, checked on every run so they cannot erode. The library may grow
+only by the lines a named feature was granted (FEATURE_LINES), so growth is a decision on a review, not drift.
 """
 
 from __future__ import annotations
@@ -20,11 +21,17 @@ MODULES = sorted(p for p in PACKAGE.glob("*.py"))
 # Bottom to top: a module may import only modules listed before it.
 LAYERS = [
     "presets", "data", "synth", "io", "datasets", "metrics", "augment", "model", "losses", "checkpoint",
-    "runtime", "predict", "train", "count", "evaluate", "viz", "widgets", "bench", "cli", "__main__", "__init__",
+    "runtime", "predict", "train", "count", "evaluate", "viz", "widgets", "bench", "export", "cli", "__main__",
+    "__init__",
 ]
 # Modules a user can import without PyTorch (count.py is what `count` post-processing needs).
 NUMPY_ONLY = ["presets", "data", "synth", "io", "datasets", "metrics", "count"]
-MAX_LIBRARY_LINES = 5500
+LAYOUT_ISSUE_LINES = 5500  # the library when the module-layout issue closed, with a little room
+FEATURE_LINES = {
+    "train --resume and --init (issues 14, 15)": 40,
+    "export: the model as ONNX (issue 15)": 100,
+}
+MAX_LIBRARY_LINES = LAYOUT_ISSUE_LINES + sum(FEATURE_LINES.values())
 MAX_MODULE_LINES = 600
 MAX_BODY_LINES = 60
 MAX_PARAMETERS = 10

@@ -24,7 +24,9 @@ def _pins(requirements: list[str]) -> dict[str, str]:
 
 def _pyproject_pins() -> dict[str, str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return _pins(project["dependencies"] + project["optional-dependencies"]["dev"])
+    extras = [item for group in project["optional-dependencies"].values() for item in group
+              if not item.startswith("nucleilib[")]  # dev includes the other extras by name
+    return _pins(project["dependencies"] + extras)
 
 
 def _environment_pins() -> dict[str, str]:
