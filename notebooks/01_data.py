@@ -178,7 +178,7 @@ viz.save_figure(fig, "01_normalization.png")
 # ## The statistics a reader should know
 #
 # Before training, know your data: how many nuclei an image holds, how big they are, and how much of an image
-# is foreground (this decides how imbalanced the pixel classes are, chapter 04).
+# is foreground (this decides how imbalanced the pixel classes are, chapter 05).
 
 # %%
 stats = data.dataset_stats(images, labels)

@@ -21,7 +21,7 @@
 # - choose the threshold and the minimum area with the threshold explorer, on validation images;
 # - count nuclei in your own image files from the command line.
 #
-# Chapter 04 showed the source project's third failure, wrong counts; this chapter builds the counting step by
+# Chapter 06 showed the source project's third failure, wrong counts; this chapter builds the counting step by
 # step and measures what each step is worth.
 
 # %% [markdown]
