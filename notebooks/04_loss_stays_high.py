@@ -24,8 +24,8 @@
 
 # %% [markdown]
 # The switch below picks the preset: `False` (the default preset) trains three small U-Nets on 480 crops for
-# 8 epochs each, about a minute on a 2-core CPU; `True` (the fast preset that CI uses) on 160 crops for 6
-# epochs, about 20 seconds.
+# 8 epochs each; `True` (the fast preset that CI uses) on 160 crops for 6 epochs. Measured run times:
+# `docs/teaching.md`.
 
 # %%
 QUICK_DEMO = False  # True: small data and a few epochs (the "fast" preset that CI uses)

@@ -24,8 +24,8 @@
 
 # %% [markdown]
 # The switch below picks the preset: `False` (the default preset) trains two U-Nets on 480 crops for 5 epochs,
-# then six on sparse crops for 20 epochs (two losses, three seeds), about two minutes on a 2-core CPU; `True`
-# (the fast preset that CI uses) trains the first two alike and two on sparse crops for 8 epochs, about one minute.
+# then six on sparse crops for 20 epochs (two losses, three seeds); `True` (the fast preset
+# that CI uses) trains the first two alike and two on sparse crops for 8 epochs. Run times: `docs/teaching.md`.
 
 # %%
 QUICK_DEMO = False  # True: small data and a few epochs (the "fast" preset that CI uses)

@@ -23,8 +23,8 @@
 
 # %% [markdown]
 # The switch below picks the preset. Nothing is trained here (the shipped model predicts): `False` (the default
-# preset) counts 48 test and 16 validation images, about 15 seconds on a 2-core CPU; `True` (the fast preset
-# that CI uses) 16 and 8, a little faster.
+# preset) counts 48 test and 16 validation images; `True` (the fast preset that CI uses) 16 and 8. Measured
+# run times: `docs/teaching.md`.
 
 # %%
 QUICK_DEMO = False  # True: small data and a few epochs (the "fast" preset that CI uses)

@@ -446,7 +446,7 @@ def train_from_npz(data_path: str | Path | Sequence[str | Path], out: str | Path
     :meth:`TrainSettings.from_checkpoint` reads them back), the ``command``, the data files' hashes, the
     ``data_description``, the split, the versions and the metrics. ``device``: default ``runtime.select_device()``
     (under ``torchrun``: this process's GPU, or the CPU). ``resume``: a last checkpoint of the same run to continue
-    (its command and date are kept in the provenance as ``resumed_from``); ``init``: a checkpoint whose weights
+    (its command, date and epochs are kept in the provenance as ``resumed_from``); ``init``: a checkpoint whose weights
     training starts from (fine-tuning; its model size and heads replace those of ``settings``; recorded as
     ``initialized_from``). Returns ``history``, ``metrics`` (``val_dice``,
     ``test_dice``, ``test_iou`` ...), ``heads`` and ``out``.
@@ -490,8 +490,9 @@ def train_from_npz(data_path: str | Path | Sequence[str | Path], out: str | Path
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         if resume is not None:
-            earlier = load_checkpoint(resume).get("provenance") or {}
-            provenance["resumed_from"] = {"path": str(resume), **{k: earlier.get(k) for k in ("command", "date")}}
+            earlier = load_checkpoint(resume)
+            provenance["resumed_from"] = {"path": str(resume), "epochs": len(earlier["history"].get("val_loss", [])),
+                                          **{k: earlier["provenance"].get(k) for k in ("command", "date")}}
         if init is not None:
             provenance["initialized_from"] = initialized_from
         history = fit(model, (images[parts[0]], targets[parts[0]]), (images[parts[1]], targets[parts[1]]), settings,

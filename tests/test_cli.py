@@ -95,6 +95,7 @@ def test_train_resume_continues_the_run_and_says_so(small_set, tmp_path):
     assert stored["history"]["val_loss"] == pytest.approx(straight["val_loss"], rel=1e-5)
     assert stored["provenance"]["resumed_from"]["path"] == str(last)
     assert "--epochs 1" in stored["provenance"]["resumed_from"]["command"]
+    assert stored["provenance"]["resumed_from"]["epochs"] == 1
 
 
 def test_train_init_starts_from_the_given_weights_and_records_them(tiny_model, small_set, tmp_path):
