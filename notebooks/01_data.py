@@ -21,8 +21,8 @@
 # - bring your own images: `.npz`, the 2018 Data Science Bowl layout, BBBC039, folders of image/label pairs.
 
 # %% [markdown]
-# The switch below sets the size of the data set: `False` (the default preset) uses 600 images, and the chapter
-# runs in about a minute on a 2-core CPU; `True` (the fast preset that CI uses) 200, about half a minute.
+# The switch below sets the size of the data set: `False` (the default preset) uses 600 images; `True` (the fast
+# preset that CI uses) 200. Measured run times of every chapter: `docs/teaching.md`.
 
 # %%
 QUICK_DEMO = False  # True: small data and a few epochs (the "fast" preset that CI uses)
@@ -69,13 +69,15 @@ print(preset_name(), settings)
 # %% [markdown]
 # The command line writes the same set to a file: `python -m nucleilib make-data --n 2000 --size 128 --seed 0
 # --out data/nuclei.npz`. In a notebook, `builtin_dataset` makes it once and loads it from `data/` afterwards.
-# Image `i` depends only on the seed and `i`, so the small set is the start of the larger ones.
+# Image `i` depends only on the seed and `i`, so the small set is the start of the larger ones (checked below
+# against 8 images made directly by the generator).
 
 # %%
 images, masks, labels = datasets.builtin_dataset(n=settings["n_images"], size=128, seed=0)
 print("images", images.shape, images.dtype, f"[{images.min():.2f}, {images.max():.2f}]")
 print("masks ", masks.shape, masks.dtype, np.unique(masks))
 print("labels", labels.shape, labels.dtype)
+assert np.array_equal(synth.make_dataset(n=8, size=128, seed=0)["labels"], labels[:8])
 
 # %% [markdown]
 # `load_npz` (used inside) always returns float32 arrays shaped (N, 1, H, W): images normalized to [0, 1] and
@@ -141,7 +143,8 @@ print(raw12.dtype, raw12.min(), raw12.max())
 
 # %% [markdown]
 # The normalization `nucleilib` uses maps each image's own 1st percentile to 0 and its 99.8th percentile to 1,
-# and clips what lies outside: a few very bright pixels cannot squeeze the rest. By hand, with numpy, and
+# and clips what lies outside: a few very bright pixels cannot squeeze the rest (exercise 2 checks this with one
+# hot pixel). By hand, with numpy, and
 # checked against the library's `data.normalize_image`:
 
 # %% tags=["nbval-check-output"]
@@ -238,9 +241,9 @@ def table_column(images, labels):
 
 # %% [markdown]
 # The synthetic column is computed here. The two real columns were **measured once** with this same function
-# on the public sets' 128 px tiles, and are typed in below, not recomputed: the 397 fluorescence images of the
-# 2018 Data Science Bowl stage1_train with the community's corrected masks (3547 tiles), and 149 images of
-# BBBC039 (4470 tiles). To measure them yourself:
+# on the public sets' 128 px tiles, and are typed in below, not recomputed (with the size of each set): the
+# fluorescence images of the 2018 Data Science Bowl stage1_train with the community's corrected masks, and the
+# images of BBBC039. To measure them yourself:
 #
 # ```bash
 # python -m nucleilib import-dsb2018 stage1_train/ --out data/dsb2018.npz
@@ -255,6 +258,7 @@ measured_once = {  # table_column on the real sets' tiles (see above); not recom
     "DSB 2018": ["0 / 4 / 17", "2.6 / 8.0 / 24.2", "0.12", "0.59", "23%", "31%"],
     "BBBC039": ["1 / 7 / 13", "2.3 / 12.1 / 17.1", "0.20", "0.56", "24%", "49%"],
 }
+print("measured on: DSB 2018 397 images (3547 tiles), BBBC039 149 images (4470 tiles)")
 print(f"{'':>40}  {'synthetic':>17}" + "".join(f"{name:>19}" for name in measured_once))
 for i, (row, value) in enumerate(table_column(images, labels).items()):
     print(f"{row:>40}  {value:>17}" + "".join(f"{column[i]:>19}" for column in measured_once.values()))

@@ -22,7 +22,7 @@
 
 # %% [markdown]
 # The quick-demo switch is in every chapter; this one trains nothing and uses no preset-sized data, so it changes
-# nothing here, and the chapter runs in about two minutes on a 2-core CPU either way.
+# nothing here. Measured run times of every chapter: `docs/teaching.md`.
 
 # %%
 QUICK_DEMO = False  # True: small data and a few epochs (the "fast" preset that CI uses)
@@ -415,7 +415,7 @@ print(f"base 16 / base 8: {parameters_by_hand(base=16, depth=4) / small:.2f}; "
 #
 # Our `ScratchUNet` needs a height and width divisible by 2^4 = 16, otherwise an up-convolved map and its skip
 # differ by a pixel and `torch.cat` fails. The library's `UNet` pads the input to a multiple of 16 (by
-# reflection) and crops the output back, so a model trained on 128x128 tiles segments any crop or field:
+# reflection, or by repeating the edge pixels of an image too small to reflect) and crops the output back, so a model trained on 128x128 tiles segments any crop or field:
 
 # %%
 with torch.no_grad():
@@ -486,7 +486,9 @@ print(receptive_field_by_hand(5), model.receptive_field(5), parameters_by_hand(b
       model.count_parameters(deep))
 
 # %% jupyter={"outputs_hidden": true, "source_hidden": true} tags=["solution", "hide-cell"]
-library_sizes = [size for size in range(1, 41) if bottleneck_shape(size, BASE, DEPTH)[1:] == (1, 1)]
+library = model.UNet(base=BASE, depth=DEPTH)
+library_sizes = [size for size in range(1, 41)
+                 if dict(model.describe_shapes(library, size))["bottleneck"][-2:] == (1, 1)]
 ours_sizes = []
 for size in range(1, 41):
     shapes_size = []

@@ -24,7 +24,7 @@
 
 # %% [markdown]
 # The switch below picks the preset. Nothing is trained in this chapter: `QUICK_DEMO = True` only shrinks the
-# larger synthetic test set (20 images instead of 60); either way the chapter runs in a few minutes on 2 CPU cores.
+# larger synthetic test set (20 images instead of 60). Measured run times: `docs/teaching.md`.
 
 # %%
 QUICK_DEMO = False  # True: small data and a few epochs (the "fast" preset that CI uses)
@@ -245,8 +245,8 @@ for ax in (ax_all, ax_zoom):
 viz.save_figure(fig, "08_matching.png")
 
 # %% [markdown]
-# Every miss on this image lies under a false blob (asserted above): touching nuclei predicted as one, as in the
-# hand-made three-nucleus example. Each such merge costs one false positive and several misses at once.
+# Every miss on this image lies under a false blob (asserted above), and each false blob covers several true
+# nuclei (printed): neighbouring nuclei predicted as one, as in the hand-made three-nucleus example. Each such merge costs one false positive and several misses at once.
 
 # %% [markdown]
 # ## Scores against the IoU threshold
@@ -350,11 +350,15 @@ for ax, (ap, name, image, true, predicted) in zip(axes, worst):
     panel = viz.matching_figure(data.normalize_image(image), true, predicted, title=f"{name}: AP@0.5 {ap:.2f}")
     ax.imshow(panel.axes[0].images[0].get_array()); ax.set_title(panel.axes[0].get_title(), fontsize=8)
     ax.axis("off"); plt.close(panel)
+    found = {t for t, _, _ in metrics.matched_pairs(true, predicted)}
+    for i in [i for i in np.unique(true) if i and i not in found]:  # circle each miss: its outline is thin
+        ys, xs = np.nonzero(true == i)
+        ax.add_patch(plt.Circle((xs.mean(), ys.mean()), 9, fill=False, ec="red", lw=1.5))
 viz.save_figure(fig, "08_failures.png")
 
 # %% [markdown]
 # In each of these images every missed nucleus is smaller than the median nucleus of the test set (printed and
-# asserted above): the red outlines in the gallery are the small ones.
+# asserted above): the misses, circled in red in the gallery, are small nuclei.
 
 # %% [markdown]
 # ## On real images
@@ -363,7 +367,8 @@ viz.save_figure(fig, "08_failures.png")
 # fluorescence nuclei. The next cell computes nothing: it prints numbers stored beside the model. They were
 # measured once, with the `evaluate` commands listed in `models/README.md` (`--method baseline` for the baseline
 # rows), on the held-out part of real annotated images (2018 Data Science Bowl stage1_train and BBBC039, both
-# CC0: a seeded split by image that no training saw; the images are not in this repository) and on 200 synthetic
+# CC0: the held-out part of a seeded split by image, see `models/README.md`; the images are not in this
+# repository) and on 200 synthetic
 # images (`make-data --seed 1`). Each file is the command's JSON output.
 
 # %% tags=["nbval-check-output"]
