@@ -58,7 +58,8 @@ fig = viz.show_grid([data.normalize_image(image), data.normalize_image(image)], 
 #
 # The project's default data is a synthetic generator (`nucleilib.synth`), so everything runs offline and the
 # ground truth is exact. The settings come from a *preset*: `NUCLEILIB_FAST=1` (the switch at the top) makes a
-# small set, the default a medium one, and `NUCLEILIB_PRESET=full` the source project's 2000 images.
+# small set, the default a medium one, and `NUCLEILIB_PRESET=full` the source project's 2000 images (the three
+# are the table `nucleilib.presets.PRESETS`).
 
 # %%
 from nucleilib.presets import preset, preset_name
