@@ -277,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args, argv)
         return (_import if args.command.startswith("import-") else handlers[args.command])(args)
     except (ValueError, OSError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        from nucleilib.io import describe_error
+        print(f"error: {describe_error(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
