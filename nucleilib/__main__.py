@@ -2,5 +2,4 @@
 
 if __name__ == "__main__":
     from nucleilib.cli import main
-
     raise SystemExit(main())

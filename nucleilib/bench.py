@@ -20,10 +20,8 @@ from nucleilib import data, synth
 from nucleilib.losses import bce_dice_loss
 from nucleilib.model import UNet, probabilities_from_logits
 from nucleilib.predict import predict_batch, probabilities
-from nucleilib.runtime import (
-    COMPILE_MIN_STEPS, available_cpus, compile_model, configure_cpu_threads, cpu_supports_bf16, memory_format, place,
-    should_compile,
-)
+from nucleilib.runtime import (COMPILE_MIN_STEPS, available_cpus, compile_model, configure_cpu_threads,
+                               cpu_supports_bf16, memory_format, place, should_compile)
 from nucleilib.train import TrainSettings, fit, training_step
 
 
@@ -219,28 +217,24 @@ def run_all(quick: bool = False, progress: bool = True) -> dict[str, object]:
     info = steps["naive"][1]
     speed = {mode: info["images"] / seconds[mode] for mode in modes}
     best = "compiled" if compiled else "eager"
-    results.update(
-        train_gflop_per_image=info["flops"] / info["images"] / 1e9,
-        train_naive_images_per_s=speed["naive"], train_naive_gflops=info["flops"] / seconds["naive"] / 1e9,
-        train_eager_images_per_s=speed["eager"], train_compiled=compiled,
-        train_compile_s=steps["compiled"][1]["first_step_s"] if compiled else None,
-        train_images_per_s=speed[best], train_gflops=info["flops"] / seconds[best] / 1e9,
-        train_speedup_vs_naive_fp32=speed[best] / speed["naive"],
-        train_eager_speedup_vs_naive_fp32=speed["eager"] / speed["naive"],
-        train_fraction_of_matmul_peak=info["flops"] / seconds[best] / 1e9 / peak,
-    )
+    results.update(train_gflop_per_image=info["flops"] / info["images"] / 1e9,
+                   train_naive_images_per_s=speed["naive"], train_naive_gflops=info["flops"] / seconds["naive"] / 1e9,
+                   train_eager_images_per_s=speed["eager"], train_compiled=compiled,
+                   train_compile_s=steps["compiled"][1]["first_step_s"] if compiled else None,
+                   train_images_per_s=speed[best], train_gflops=info["flops"] / seconds[best] / 1e9,
+                   train_speedup_vs_naive_fp32=speed[best] / speed["naive"],
+                   train_eager_speedup_vs_naive_fp32=speed["eager"] / speed["naive"],
+                   train_fraction_of_matmul_peak=info["flops"] / seconds[best] / 1e9 / peak)
 
     say("inference (naive, default)")
     naive, info = inference_step(False, **shape)
     default, _ = inference_step(True, **shape)
     seconds = median_seconds({"naive": naive, "default": default}, repeats=repeats)
-    results.update(
-        infer_naive_images_per_s=info["images"] / seconds["naive"],
-        infer_images_per_s=info["images"] / seconds["default"],
-        infer_gflops=info["flops"] / seconds["default"] / 1e9,
-        infer_speedup_vs_naive_fp32=seconds["naive"] / seconds["default"],
-        infer_fraction_of_matmul_peak=info["flops"] / seconds["default"] / 1e9 / peak,
-    )
+    results.update(infer_naive_images_per_s=info["images"] / seconds["naive"],
+                   infer_images_per_s=info["images"] / seconds["default"],
+                   infer_gflops=info["flops"] / seconds["default"] / 1e9,
+                   infer_speedup_vs_naive_fp32=seconds["naive"] / seconds["default"],
+                   infer_fraction_of_matmul_peak=info["flops"] / seconds["default"] / 1e9 / peak)
     say("one 1024 x 1024 image")
     results["infer_1024_s"] = _one_large_image(quick)
     say("time to validation Dice 0.9 from scratch")

@@ -91,17 +91,12 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, history: dict | No
     config = dict(model.config)
     if heads is None:
         heads = ("mask", "interior")[: config["out_channels"]]
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
-        # A CPU copy in the standard layout (the model may be on a GPU, in channels_last).
-        "state_dict": {key: value.detach().to("cpu").contiguous().clone() for key, value in model.state_dict().items()},
-        "config": config,
-        "normalization": _plain(dict(normalization or DEFAULT_NORMALIZATION), "normalization"),
-        "heads": [str(head) for head in heads],
-        "history": _plain(history or {}, "history"),
-        "provenance": _plain(provenance or {}, "provenance"),
-    }
+    # The weights as a CPU copy in the standard layout (the model may be on a GPU, in channels_last).
+    weights = {key: value.detach().to("cpu").contiguous().clone() for key, value in model.state_dict().items()}
+    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "state_dict": weights,
+               "config": config, "normalization": _plain(dict(normalization or DEFAULT_NORMALIZATION), "normalization"),
+               "heads": [str(head) for head in heads], "history": _plain(history or {}, "history"),
+               "provenance": _plain(provenance or {}, "provenance")}
     if training_state is not None:
         payload["training_state"] = training_state
     with atomic_path(path) as temporary:  # never a half-written file at `path`
@@ -129,11 +124,12 @@ def _plain(value, where: str = "value"):
 
 
 def _one_line(error: BaseException) -> str:
-    """A short one-line description of an exception (torch's messages span many lines)."""
+    """A short one-line description of an exception: torch's messages span many lines, so its first sentence."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
     unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    detail = f"it holds a {unsupported.group(1)} object" if unsupported else (text.strip().splitlines() or [""])[0]
-    return f"{type(error).__name__}: {detail[:160]}".strip().rstrip(":")
+    first = re.split(r"(?<=[.!?])\s", (text.strip().splitlines() or [""])[0])[0].rstrip(".")
+    detail = f"it holds a {unsupported.group(1)} object" if unsupported else first
+    return f"{type(error).__name__}: {detail}".strip().rstrip(":")
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -30,7 +30,6 @@ def _command_line(argv: Sequence[str] | None) -> str:
 
 def _make_data(args: argparse.Namespace) -> int:
     from nucleilib import io, synth
-
     dataset = synth.make_dataset(n=args.n, size=args.size, seed=args.seed)
     io.save_npz(args.out, dataset["images"], dataset["masks"], dataset["labels"])
     n_nuclei = sum(int(labels.max()) for labels in dataset["labels"])
@@ -40,7 +39,6 @@ def _make_data(args: argparse.Namespace) -> int:
 
 def _import(args: argparse.Namespace) -> int:
     from nucleilib import datasets
-
     if args.command == "import-dsb2018":
         names = _split_names(datasets.dsb2018_names(args.root), args)
         summary = datasets.import_dsb2018(args.root, args.out, size=args.size, names=names)
@@ -57,7 +55,6 @@ def _import(args: argparse.Namespace) -> int:
 def _split_names(names: list[str], args: argparse.Namespace) -> list[str]:
     """The image ids of the chosen part of the fixed, seeded train/test split (see ``datasets.real_split``)."""
     from nucleilib import datasets
-
     if args.split == "all":
         return names
     train_names, test_names = datasets.real_split(names, test_fraction=args.test_fraction, seed=args.split_seed)
@@ -66,7 +63,6 @@ def _split_names(names: list[str], args: argparse.Namespace) -> list[str]:
 
 def _download(args: argparse.Namespace) -> int:
     from nucleilib import datasets
-
     out = datasets.download(args.name, cache_dir=args.dir, out=args.out, size=args.size)
     print(f"wrote {out}")
     return 0
@@ -75,7 +71,6 @@ def _download(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     from nucleilib import train
     from nucleilib.checkpoint import last_checkpoint_path
-
     # The preset's settings; the options given on the command line (not None) override them.
     lr = args.lr if args.lr is not None else (FINE_TUNING_LR if args.init else None)
     settings = train.TrainSettings.from_preset(
@@ -96,7 +91,6 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from nucleilib import evaluate
-
     settings = _count_settings(args)
     metrics = evaluate.evaluate_path(args.data, model_path=args.model, method=args.method, settings=settings,
                                      layout=args.layout, subset=args.split)
@@ -107,7 +101,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _count_settings(args: argparse.Namespace) -> "CountSettings":
     """The counting settings the options name; the ones not given keep CountSettings' defaults."""
     from nucleilib.count import CountSettings
-
     given = {"threshold": args.threshold, "min_area": args.min_area, "split": False if args.no_split else None}
     return CountSettings(**{key: value for key, value in given.items() if value is not None})
 
@@ -115,7 +108,6 @@ def _count_settings(args: argparse.Namespace) -> "CountSettings":
 def _expand_inputs(patterns: Sequence[str]) -> list[Path]:
     """Files named, files in named folders, and glob matches, in a stable order."""
     from nucleilib.io import IMAGE_SUFFIXES
-
     paths: list[Path] = []
     for pattern in patterns:
         path = Path(pattern)
@@ -130,22 +122,23 @@ def _expand_inputs(patterns: Sequence[str]) -> list[Path]:
 
 def _count(args: argparse.Namespace) -> int:
     from nucleilib import evaluate
-
+    settings = _count_settings(args)  # bad options are refused before anything is read
+    if args.channel is not None and args.channel < 0:
+        raise ValueError(f"--channel must be 0 or more, got {args.channel}")
     inputs = _expand_inputs(args.images)
     if not inputs:
-        print("error: no images given (no file matched)", file=sys.stderr)
-        return 2
-    failures = evaluate.count_files(inputs, Path(args.out), model_path=args.model, settings=_count_settings(args),
-                                    channel=args.channel)
-    for message in failures:
+        raise ValueError("no images given (no file matched)")
+    summary = evaluate.count_files(inputs, args.out, model_path=args.model, settings=settings, channel=args.channel,
+                                   overwrite=args.overwrite)
+    for message in summary["failures"]:
         print(f"error: {message}", file=sys.stderr)
-    print(f"wrote {Path(args.out) / 'counts.csv'}")
-    return 1 if failures else 0
+    print(f"wrote {Path(args.out) / evaluate.COUNTS_CSV}: {summary['counted']} images counted, {summary['skipped']} "
+          f"counted before, {len(summary['failures'])} failed")
+    return 1 if summary["failures"] else 0
 
 
 def _bench(args: argparse.Namespace) -> int:
     from nucleilib import bench
-
     results = bench.run_all(quick=args.quick, progress=not args.json)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -219,7 +212,7 @@ def _train_arguments(train: argparse.ArgumentParser) -> None:
 def _count_arguments(command: argparse.ArgumentParser) -> None:
     """The model and counting options that ``evaluate`` and ``count`` share (defaults: ``count.CountSettings``)."""
     command.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
-    command.add_argument("--threshold", type=float, default=None, help="probability threshold (default 0.5)")
+    command.add_argument("--threshold", type=float, default=None, help="probability threshold in (0, 1) (default 0.5)")
     command.add_argument("--min-area", type=int, default=None, help="smallest nucleus in pixels (default 10)")
     command.add_argument("--no-split", action="store_true", help="do not split touching nuclei")
 
@@ -248,9 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     >>> build_parser().parse_args(["make-data", "--n", "4"]).n
     4
     """
-    parser = argparse.ArgumentParser(
-        prog="nucleilib", description="Segment and count cell nuclei in fluorescence images with a U-Net."
-    )
+    parser = argparse.ArgumentParser(prog="nucleilib",
+                                     description="Segment and count cell nuclei in fluorescence images with a U-Net.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _data_arguments(commands)
     _train_arguments(commands.add_parser("train", help="train a U-Net on an .npz data set"))
@@ -268,7 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     count.add_argument("images", nargs="+", help="image files, folders or globs (TIFF/PNG/JPEG)")
     count.add_argument("--out", required=True, help="output folder")
     _count_arguments(count)
-    count.add_argument("--channel", type=int, default=None, help="channel holding the nuclei in colour images")
+    count.add_argument("--channel", type=int, default=None,
+                       help="channel holding the nuclei in colour images (default, RGB: the brightest; needed for 2)")
+    count.add_argument("--overwrite", action="store_true",
+                       help="replace the counts already in --out (default: resume them; other settings are refused)")
     export = commands.add_parser("export", help="write the model as ONNX for tools without PyTorch")
     export.add_argument("--format", choices=["onnx"], default="onnx", help="file format (default onnx)")
     export.add_argument("--out", required=True, help="output file, e.g. nuclei_unet.onnx")
@@ -299,8 +294,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args, argv)
         return (_import if args.command.startswith("import-") else handlers[args.command])(args)
     except (ValueError, OSError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        from nucleilib.io import describe_error
+        print(f"error: {describe_error(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        again = "; run the same command again to count the rest" if args.command == "count" else ""
+        print(f"interrupted{again}", file=sys.stderr)
         return 130

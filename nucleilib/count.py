@@ -33,6 +33,7 @@ class CountSettings:
     """How probabilities become counted nuclei: every setting of :func:`labels_from_probabilities`, one object.
 
     Functions that take it also take keyword changes of single fields, e.g. ``count_nuclei(prob, min_area=30)``.
+    ValueError for a ``threshold`` outside (0, 1) or a negative ``min_area``.
 
     Examples
     --------
@@ -48,6 +49,12 @@ class CountSettings:
     min_distance: int = 3  # distance-map seeds closer than this (pixels) merge
     h: float = 1.0  # depth (pixels of distance) a distance-map peak needs to seed a nucleus; larger splits less
     smoothing: float = 1.0  # Gaussian sigma (pixels) of the distance map before seeding: no spurious ragged peaks
+
+    def __post_init__(self) -> None:  # checked where the settings are made: before any image or model is read
+        if not 0 < self.threshold < 1:  # NaN too
+            raise ValueError(f"threshold must be between 0 and 1 (both excluded), got {self.threshold}")
+        if not self.min_area >= 0:
+            raise ValueError(f"min_area must be 0 or more, got {self.min_area}")
 
 
 def _settings(settings: CountSettings | None, changes: dict, default: CountSettings = CountSettings()) -> CountSettings:
@@ -141,9 +148,8 @@ def split_touching(mask: np.ndarray, settings: CountSettings | None = None, **ch
     return _flood(distance, label_components(peaks, 8)[1], mask, settings.connectivity)
 
 
-def split_with_interior(
-    mask: np.ndarray, interior_prob: np.ndarray, settings: CountSettings | None = None, **changes
-) -> np.ndarray:
+def split_with_interior(mask: np.ndarray, interior_prob: np.ndarray, settings: CountSettings | None = None,
+                        **changes) -> np.ndarray:
     """Split touching nuclei with the model's interior channel: a watershed on an interior-weighted distance map.
 
     The distance transform of the mask is multiplied by ``0.25 + P(interior)``: where the network sees the
@@ -212,9 +218,8 @@ def count_nuclei(prob: np.ndarray, settings: CountSettings | None = None, **chan
     return int(labels.max()), labels
 
 
-def classical_baseline(
-    image: np.ndarray, settings: CountSettings | None = None, sigma: float = 0.5, **changes
-) -> np.ndarray:
+def classical_baseline(image: np.ndarray, settings: CountSettings | None = None, sigma: float = 0.5,
+                       **changes) -> np.ndarray:
     """Nuclei without a model: Otsu threshold + distance-transform watershed (scikit-image); int32 labels.
 
     Steps: normalize the 2-D image (any dtype, bright nuclei on a dark background), smooth it with a Gaussian of

@@ -211,9 +211,8 @@ def dataset_stats(images: np.ndarray | Sequence[np.ndarray], labels: np.ndarray 
     images_list = [np.asarray(image).squeeze() for image in images]
     labels_list = [np.asarray(label).squeeze() for label in labels]
     if len(images_list) != len(labels_list) or not images_list:
-        raise ValueError(
-            f"need the same positive number of images and labels, got {len(images_list)} and {len(labels_list)}"
-        )
+        raise ValueError(f"need the same positive number of images and labels, got {len(images_list)} and "
+                         f"{len(labels_list)}")
     per_image: dict[str, list[float]] = defaultdict(list)
     areas, ratios, touching = [], [], 0
     for image, label in zip(images_list, labels_list):
@@ -239,19 +238,13 @@ def _summary(per_image: dict[str, list[float]], areas: list, ratios: list, touch
     """The statistics of :func:`dataset_stats` from its per-image and per-nucleus measures."""
     area = np.asarray(areas, np.float64) if areas else np.full(1, np.nan)
     counts, total = np.asarray(per_image["count"], np.float64), sum(per_image["count"])
-    stats = {
-        "n_images": float(len(counts)),
-        "nuclei_total": float(counts.sum()),
-        "nuclei_per_image_min": float(counts.min()),
-        "nuclei_per_image_median": float(np.median(counts)),
-        "nuclei_per_image_max": float(counts.max()),
-        "area_p5": float(np.percentile(area, 5)),
-        "area_p50": float(np.percentile(area, 50)),
-        "area_p95": float(np.percentile(area, 95)),
-        "radius_median": float(np.sqrt(np.percentile(area, 50) / np.pi)),
-        "axis_ratio_median": float(np.median(ratios)) if ratios else float("nan"),
-        "touching_fraction": float(touching / total) if total else 0.0,
-    }
+    stats = {"n_images": float(len(counts)), "nuclei_total": float(counts.sum()),
+             "nuclei_per_image_min": float(counts.min()), "nuclei_per_image_median": float(np.median(counts)),
+             "nuclei_per_image_max": float(counts.max()), "area_p5": float(np.percentile(area, 5)),
+             "area_p50": float(np.percentile(area, 50)), "area_p95": float(np.percentile(area, 95)),
+             "radius_median": float(np.sqrt(np.percentile(area, 50) / np.pi)),
+             "axis_ratio_median": float(np.median(ratios)) if ratios else float("nan"),
+             "touching_fraction": float(touching / total) if total else 0.0}
     medians = ("foreground_fraction", "foreground_level", "background_level", "contrast", "brightness_cv", "noise",
                "noise_laplacian", "snr")  # over the images that have them
     return stats | {key: float(np.median(per_image[key])) if per_image[key] else float("nan") for key in medians}

@@ -30,7 +30,6 @@ _LABEL_STEM_ENDINGS = ("_labels", "_label", "_masks", "_mask")
 def _select(available: Sequence[str], names: Iterable[str] | None, where: str, desc: str, progress: bool) -> Any:
     """The requested ``names`` (all when None), sorted, in a progress bar; ValueError for names that are not there."""
     from tqdm.auto import tqdm  # imported here: tqdm.auto is slow to import
-
     wanted = sorted(available) if names is None else sorted(set(str(name) for name in names))
     missing = sorted(set(wanted) - set(available))
     if missing:
@@ -464,7 +463,6 @@ def default_cache_dir() -> Path:
 def _fetch(url: str, target: Path, expected: str | None, progress: bool) -> str:
     """Stream ``url`` into ``target`` atomically, checking SHA-256 when ``expected``; return the hash."""
     from tqdm.auto import tqdm
-
     digest = hashlib.sha256()
     try:
         with atomic_path(target) as tmp:
@@ -476,9 +474,8 @@ def _fetch(url: str, target: Path, expected: str | None, progress: bool) -> str:
                         digest.update(chunk)
                         bar.update(len(chunk))
             if expected is not None and digest.hexdigest() != expected.lower():
-                raise ValueError(
-                    f"download of {url} has SHA-256 {digest.hexdigest()} but {expected} was expected; file removed"
-                )
+                raise ValueError(f"download of {url} has SHA-256 {digest.hexdigest()} but {expected} was expected; "
+                                 "file removed")
     except urllib.error.HTTPError as error:
         raise RuntimeError(f"download of {url} failed: HTTP {error.code} {error.reason}") from None
     except (urllib.error.URLError, TimeoutError, ConnectionError) as error:

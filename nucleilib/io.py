@@ -32,7 +32,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary file beside ``path`` (same suffix); rename it onto ``path`` only on success.
 
     On any error, ``KeyboardInterrupt`` included, the temporary file is removed and ``path`` left untouched:
-    a reader never sees a half-written file. Missing parent folders are created.
+    a reader never sees a half-written file. Missing parent folders are created. An OSError names ``path``, never
+    the temporary file (:func:`remove_stale_temporaries` removes those a killed process left).
 
     Examples
     --------
@@ -43,19 +44,58 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     >>> [(p.name, p.read_text()) for p in folder.iterdir()]
     [('a.txt', 'done')]
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}"
-        with contextlib.suppress(FileExistsError):  # not mkstemp: the final file gets the usual permissions (umask)
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while tmp is None:
+            tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}"
+            try:  # not mkstemp: the final file gets the usual permissions (umask)
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            except FileExistsError:
+                tmp = None
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as error:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno is not None:  # named by the file asked for
+            raise OSError(error.errno, error.strerror, str(path)) from None
         raise
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, stem: str = "*", recursive: bool = False) -> list[Path]:
+    """Remove the temporaries :func:`atomic_path` left in ``folder`` (``recursive``: and below) when killed: of files
+    with this ``stem`` (default: any). Call it while no other process writes there. Returns the paths removed.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / ".a.1f2e3d4c.tmp.tif").write_bytes(b"half"), (folder / "a.tif").write_bytes(b"whole")
+    >>> [p.name for p in remove_stale_temporaries(folder)], [p.name for p in folder.iterdir()]
+    (['.a.1f2e3d4c.tmp.tif'], ['a.tif'])
+    """
+    pattern = f".{stem}.*.tmp*"
+    stale = [p for p in (Path(folder).rglob if recursive else Path(folder).glob)(pattern) if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def describe_error(error: BaseException) -> str:
+    """One line telling a user what went wrong: ``FILE: reason`` for an OSError (no errno), else the first line.
+
+    Examples
+    --------
+    >>> describe_error(FileExistsError(17, "File exists", "out")), describe_error(ValueError("bad\\nmore"))
+    ('out: File exists', 'bad')
+    """
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    first = (str(error).strip().splitlines() or [""])[0]
+    if isinstance(error, MemoryError):
+        return f"out of memory ({first})" if first else "out of memory"
+    return first or type(error).__name__
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -137,7 +177,6 @@ def read_pixels(path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{path}: file is empty (0 bytes)")
     if path.suffix.lower() in TIFF_SUFFIXES or data[:4] in _TIFF_MAGIC:
         import tifffile  # imported here: only TIFF files need it
-
         try:
             array = tifffile.imread(path)
         except Exception as error:  # tifffile raises many kinds for truncated or non-TIFF data
@@ -170,8 +209,9 @@ def read_image(path: str | os.PathLike, channel: int | None = None) -> np.ndarra
     """Read a 2-D image (H, W) from a TIFF, PNG or JPEG file, keeping its dtype.
 
     Colour images (RGB, RGBA, or a few channels) are reduced to one channel: ``channel`` if given (RGB
-    order), otherwise the first when all are equal, otherwise the one with the highest mean (the stain).
-    ValueError, naming the file, as for :func:`read_pixels` or for a ``channel`` the image does not have.
+    order), otherwise the first when all are equal, otherwise (RGB) the one with the highest mean (the stain).
+    ValueError, naming the file, as for :func:`read_pixels`, for a ``channel`` the image does not have, or for
+    two different channels and no ``channel``: which one holds the nuclei is not guessed.
 
     Examples
     --------
@@ -192,6 +232,8 @@ def read_image(path: str | os.PathLike, channel: int | None = None) -> np.ndarra
         return pixels
     if channel is None:
         same = all(np.array_equal(pixels[..., 0], pixels[..., c]) for c in range(1, channels))
+        if channels == 2 and not same:
+            raise ValueError(f"{path}: has 2 channels; name the one with the nuclei (count --channel 0 or 1)")
         channel = 0 if same else int(np.argmax(pixels.reshape(-1, channels).mean(axis=0)))
     return np.ascontiguousarray(pixels[..., channel])
 

@@ -18,9 +18,12 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 DSB_THRESHOLDS: np.ndarray = np.round(np.arange(0.5, 1.0, 0.05), 2)
 """IoU thresholds of the 2018 Data Science Bowl score: 0.50, 0.55, ..., 0.95."""
+Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]  # (rows, cols, ious) of overlapping nuclei: see _overlaps
 
 
 def _check_same_shape(a: np.ndarray, b: np.ndarray, what: str) -> None:
@@ -81,9 +84,8 @@ def iou(pred_mask: np.ndarray, true_mask: np.ndarray) -> float:
 def iou_matrix(true_labels: np.ndarray, pred_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """IoU of every true nucleus with every predicted nucleus: ``(ious (n_true, n_pred), true_ids, pred_ids)``.
 
-    The label images are integers >= 0 of the same shape (0 = background). Computed in one pass from their joint
-    histogram (no loop over pairs): the intersections are the counts of each (true id, pred id) pixel pair, and
-    union = area_true + area_pred - intersection. The ids of the rows and columns are sorted.
+    The label images are integers >= 0 of the same shape (0 = background); the ids of the rows and columns are
+    sorted; union = area_true + area_pred - intersection. Dense, to look at: matching uses only the overlapping pairs.
 
     Examples
     --------
@@ -91,6 +93,16 @@ def iou_matrix(true_labels: np.ndarray, pred_labels: np.ndarray) -> tuple[np.nda
     >>> ious.tolist(), true_ids.tolist(), pred_ids.tolist()
     ([[0.5, 0.0], [0.0, 1.0]], [5, 9], [1, 2])
     """
+    (rows, cols, values), true_ids, pred_ids = _overlaps(true_labels, pred_labels)
+    ious = np.zeros((len(true_ids), len(pred_ids)), dtype=np.float64)
+    ious[rows, cols] = values
+    return ious, true_ids, pred_ids
+
+
+def _overlaps(true_labels: np.ndarray, pred_labels: np.ndarray) -> tuple[Pairs, np.ndarray, np.ndarray]:
+    """The IoUs of the overlapping (true, predicted) pairs only, ``((rows, cols, ious), true_ids, pred_ids)``: a sparse
+    :func:`iou_matrix` (memory grows with the nuclei, not their square), from the joint histogram in one pass (the
+    intersections are the counts of each (true id, pred id) pixel pair). Pairs are sorted by row, then column."""
     true_labels, pred_labels = np.asarray(true_labels), np.asarray(pred_labels)
     _check_same_shape(true_labels, pred_labels, "iou_matrix")
     for name, arr in (("true_labels", true_labels), ("pred_labels", pred_labels)):
@@ -113,9 +125,8 @@ def iou_matrix(true_labels: np.ndarray, pred_labels: np.ndarray) -> tuple[np.nda
         (true_idx[both] - 1).astype(np.int64) * max(n_pred, 1) + (pred_idx[both] - 1), return_counts=True
     )
     rows, cols = np.divmod(pair_codes, max(n_pred, 1))
-    ious = np.zeros((n_true, n_pred), dtype=np.float64)
-    ious[rows, cols] = intersections / (area_true[rows] + area_pred[cols] - intersections)
-    return ious, true_ids[1:], pred_ids[1:]
+    ious = intersections / (area_true[rows] + area_pred[cols] - intersections)
+    return (rows, cols, ious.astype(np.float64)), true_ids[1:], pred_ids[1:]
 
 
 def _ratio(numerator: float, denominator: float, both_empty: bool) -> float:
@@ -124,31 +135,41 @@ def _ratio(numerator: float, denominator: float, both_empty: bool) -> float:
     return float(numerator) / denominator if denominator > 0 else 0.0
 
 
-def _assign(ious: np.ndarray, iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and columns of the one-to-one matches with IoU >= threshold (optimal assignment)."""
-    candidate = ious >= iou_threshold
-    rows = np.flatnonzero(candidate.any(axis=1))
-    cols = np.flatnonzero(candidate.any(axis=0))
-    if len(rows) == 0:
-        return np.zeros(0, int), np.zeros(0, int)
-    sub_ious, sub_ok = ious[np.ix_(rows, cols)], candidate[np.ix_(rows, cols)]
-    # Maximize the number of matches first; among those, prefer higher IoU (the IoU term
-    # is < 1 in total, so it only breaks ties between equally many matches).
-    score = sub_ok + sub_ok * sub_ious / (2 * min(sub_ok.shape))
-    r, c = linear_sum_assignment(score, maximize=True)
-    matched = sub_ok[r, c]
-    return rows[r[matched]], cols[c[matched]]
+def _assign(pairs: Pairs, iou_threshold: float) -> np.ndarray:
+    """Indices (sorted) of the pairs in the optimal one-to-one matching with IoU >= threshold: each connected group
+    of such pairs is assigned on its own, and a group of one pair (almost all of them) needs no assignment."""
+    keep = np.flatnonzero(pairs[2] >= iou_threshold)
+    if len(keep) == 0:
+        return keep
+    rows, row_of = np.unique(pairs[0][keep], return_inverse=True)
+    col_of = np.unique(pairs[1][keep], return_inverse=True)[1] + len(rows)
+    n_nodes = int(col_of.max()) + 1
+    graph = coo_matrix((np.ones(len(keep)), (row_of, col_of)), shape=(n_nodes, n_nodes))
+    group = connected_components(graph, directed=False)[1][row_of]
+    group_ids, first, size = np.unique(group, return_index=True, return_counts=True)
+    chosen = [keep[first[size == 1]]]
+    for group_id in group_ids[size > 1]:
+        members = keep[group == group_id]
+        sub_rows, r = np.unique(pairs[0][members], return_inverse=True)
+        sub_cols, c = np.unique(pairs[1][members], return_inverse=True)
+        ious, index = np.zeros((len(sub_rows), len(sub_cols))), np.full((len(sub_rows), len(sub_cols)), -1)
+        ious[r, c], index[r, c] = pairs[2][members], members
+        # Maximize the number of matches first; among those, prefer higher IoU (the IoU term
+        # is < 1 in total, so it only breaks ties between equally many matches).
+        ok = ious >= iou_threshold
+        best_r, best_c = linear_sum_assignment(ok + ok * ious / (2 * min(ok.shape)), maximize=True)
+        chosen.append(index[best_r, best_c][ok[best_r, best_c]])
+    return np.sort(np.concatenate(chosen))
 
 
-def _match_counts(ious: np.ndarray, iou_threshold: float) -> tuple[int, float]:
+def _match_counts(pairs: Pairs, iou_threshold: float) -> tuple[int, float]:
     """Number of one-to-one matches with IoU >= threshold and the sum of their IoUs."""
-    rows, cols = _assign(ious, iou_threshold)
-    return len(rows), float(ious[rows, cols].sum())
+    chosen = _assign(pairs, iou_threshold)
+    return len(chosen), float(pairs[2][chosen].sum())
 
 
-def matched_pairs(
-    true_labels: np.ndarray, pred_labels: np.ndarray, iou_threshold: float = 0.5
-) -> list[tuple[int, int, float]]:
+def matched_pairs(true_labels: np.ndarray, pred_labels: np.ndarray,
+                  iou_threshold: float = 0.5) -> list[tuple[int, int, float]]:
     """The matches of :func:`matching` themselves: ``(true id, predicted id, IoU)`` for each one-to-one match.
 
     True ids not listed are missed nuclei (false negatives), predicted ids not listed false ones (false positives).
@@ -158,26 +179,19 @@ def matched_pairs(
     >>> matched_pairs(np.array([[1, 1, 0, 2, 2]]), np.array([[7, 7, 0, 0, 3]]))
     [(1, 7, 1.0), (2, 3, 0.5)]
     """
-    ious, true_ids, pred_ids = iou_matrix(true_labels, pred_labels)
-    rows, cols = _assign(ious, iou_threshold)
-    return [(int(true_ids[r]), int(pred_ids[c]), round(float(ious[r, c]), 4)) for r, c in zip(rows, cols)]
+    pairs, true_ids, pred_ids = _overlaps(true_labels, pred_labels)
+    rows, cols, ious = pairs
+    return [(int(true_ids[rows[k]]), int(pred_ids[cols[k]]), round(float(ious[k]), 4))
+            for k in _assign(pairs, iou_threshold)]
 
 
 def _scores(tp: int, n_true: int, n_pred: int, iou_sum: float) -> dict[str, float]:
     fp, fn = n_pred - tp, n_true - tp
     both_empty = n_true == 0 and n_pred == 0
-    return {
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
-        "precision": _ratio(tp, tp + fp, both_empty),
-        "recall": _ratio(tp, tp + fn, both_empty),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn, both_empty),
-        "ap": _ratio(tp, tp + fp + fn, both_empty),
-        "n_true": n_true,
-        "n_pred": n_pred,
-        "mean_matched_iou": _ratio(iou_sum, tp, both_empty),
-    }
+    return {"tp": tp, "fp": fp, "fn": fn, "precision": _ratio(tp, tp + fp, both_empty),
+            "recall": _ratio(tp, tp + fn, both_empty), "f1": _ratio(2 * tp, 2 * tp + fp + fn, both_empty),
+            "ap": _ratio(tp, tp + fp + fn, both_empty), "n_true": n_true, "n_pred": n_pred,
+            "mean_matched_iou": _ratio(iou_sum, tp, both_empty)}
 
 
 def matching(true_labels: np.ndarray, pred_labels: np.ndarray, iou_threshold: float = 0.5) -> dict[str, float]:
@@ -200,14 +214,13 @@ def matching(true_labels: np.ndarray, pred_labels: np.ndarray, iou_threshold: fl
     """
     if not 0.0 <= float(iou_threshold) <= 1.0:
         raise ValueError(f"matching: iou_threshold must be in [0, 1], got {iou_threshold}")
-    ious, true_ids, pred_ids = iou_matrix(true_labels, pred_labels)
-    tp, iou_sum = _match_counts(ious, float(iou_threshold))
+    pairs, true_ids, pred_ids = _overlaps(true_labels, pred_labels)
+    tp, iou_sum = _match_counts(pairs, float(iou_threshold))
     return _scores(tp, len(true_ids), len(pred_ids), iou_sum)
 
 
-def matching_curve(
-    true_labels: np.ndarray, pred_labels: np.ndarray, thresholds: Sequence[float] = DSB_THRESHOLDS
-) -> dict[str, np.ndarray]:
+def matching_curve(true_labels: np.ndarray, pred_labels: np.ndarray,
+                   thresholds: Sequence[float] = DSB_THRESHOLDS) -> dict[str, np.ndarray]:
     """:func:`matching` at several IoU thresholds (the IoU matrix computed once): each key an array, plus ``threshold``.
 
     Examples
@@ -217,9 +230,9 @@ def matching_curve(
     >>> matching_curve(t, p, [0.4, 0.5, 0.6])["tp"].tolist()
     [1, 1, 0]
     """
-    ious, true_ids, pred_ids = iou_matrix(true_labels, pred_labels)
+    pairs, true_ids, pred_ids = _overlaps(true_labels, pred_labels)
     rows = [
-        _scores(tp, len(true_ids), len(pred_ids), s) for tp, s in (_match_counts(ious, float(t)) for t in thresholds)
+        _scores(tp, len(true_ids), len(pred_ids), s) for tp, s in (_match_counts(pairs, float(t)) for t in thresholds)
     ]
     curve = {"threshold": np.asarray(thresholds, dtype=float)}
     for key in rows[0] if rows else []:
@@ -255,11 +268,8 @@ def count_error(true_count: int, pred_count: int) -> dict[str, float]:
     return {"abs_error": abs(diff), "signed_error": diff, "rel_error": abs(diff) / max(true_count, 1)}
 
 
-def evaluate_instances(
-    true_list: Sequence[np.ndarray],
-    pred_list: Sequence[np.ndarray],
-    thresholds: Sequence[float] = DSB_THRESHOLDS,
-) -> dict[str, float]:
+def evaluate_instances(true_list: Sequence[np.ndarray], pred_list: Sequence[np.ndarray],
+                       thresholds: Sequence[float] = DSB_THRESHOLDS) -> dict[str, float]:
     """Instance, pixel and count metrics over many pairs of label images (shapes may differ between pairs).
 
     Pooled scores sum TP, FP and FN over all images before the ratios are taken (each nucleus weighs the same, so
@@ -293,20 +303,11 @@ def evaluate_instances(
     errors = [count_error(curve["n_true"][0], curve["n_pred"][0]) for curve in curves]
     areas = np.sum([_areas(p, t, "evaluate_instances") for t, p in zip(true_list, pred_list)], axis=0)
     pixel_dice, pixel_iou = overlap_scores(*areas.tolist())
-    return {
-        "ap50": at_50["ap"],
-        "f1_50": at_50["f1"],
-        "precision_50": at_50["precision"],
-        "recall_50": at_50["recall"],
-        "mean_ap": float(ap.mean()),
-        "ap50_per_image": float(per_image_ap[:, int(at_half[0])].mean()),
-        "mean_ap_per_image": float(per_image_ap.mean()),
-        "count_mae": float(np.mean([error["abs_error"] for error in errors])),
-        "count_mre": float(np.mean([error["rel_error"] for error in errors])),
-        "pixel_dice": pixel_dice,
-        "pixel_iou": pixel_iou,
-        "n_true": n_true,
-        "n_pred": n_pred,
-        "n_images": len(true_list),
-        "ap_by_threshold": {round(float(t), 2): float(value) for t, value in zip(thresholds, ap)},
-    }
+    return {"ap50": at_50["ap"], "f1_50": at_50["f1"], "precision_50": at_50["precision"],
+            "recall_50": at_50["recall"], "mean_ap": float(ap.mean()),
+            "ap50_per_image": float(per_image_ap[:, int(at_half[0])].mean()),
+            "mean_ap_per_image": float(per_image_ap.mean()),
+            "count_mae": float(np.mean([error["abs_error"] for error in errors])),
+            "count_mre": float(np.mean([error["rel_error"] for error in errors])), "pixel_dice": pixel_dice,
+            "pixel_iou": pixel_iou, "n_true": n_true, "n_pred": n_pred, "n_images": len(true_list),
+            "ap_by_threshold": {round(float(t), 2): float(value) for t, value in zip(thresholds, ap)}}

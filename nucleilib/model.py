@@ -49,14 +49,9 @@ def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     >>> conv_block(1, 4)(torch.zeros(2, 1, 9, 7)).shape
     torch.Size([2, 4, 9, 7])
     """
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+                         nn.ReLU(inplace=True), nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
 class UNet(nn.Module):
@@ -264,10 +259,8 @@ def _fold_conv_bn(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
     """One convolution equal to ``norm(conv(x))`` in eval mode."""
     scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(norm.running_mean)
-    fused = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-        conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
-    ).to(conv.weight.device)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                      conv.groups, bias=True, padding_mode=conv.padding_mode).to(conv.weight.device)
     with torch.no_grad():
         fused.weight.copy_(conv.weight.detach() * scale.reshape(-1, 1, 1, 1))
         fused.bias.copy_((bias - norm.running_mean) * scale + norm.bias.detach())

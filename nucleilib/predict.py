@@ -67,9 +67,8 @@ def inference_model(model: nn.Module) -> nn.Module:
     return fast
 
 
-def predict_batch(
-    model: nn.Module, images: torch.Tensor | np.ndarray, batch_size: int = 8, device: str | torch.device | None = None
-) -> np.ndarray:
+def predict_batch(model: nn.Module, images: torch.Tensor | np.ndarray, batch_size: int = 8,
+                  device: str | torch.device | None = None) -> np.ndarray:
     """Probabilities (float32 (N, C, H, W)) of a batch of already normalized images (N, 1, H, W).
 
     ``images`` come normalized as in training (e.g. from ``nucleilib.io.load_npz``); ``batch_size`` images go
@@ -123,16 +122,9 @@ def _prepare_image(image: np.ndarray, normalize: bool, info: dict | None) -> np.
     return normalize_image(image, **options).astype(np.float32)
 
 
-def probabilities(
-    model: nn.Module,
-    image: np.ndarray,
-    info: dict | None = None,
-    normalize: bool = True,
-    tile: int | None = 512,
-    overlap: int = 64,
-    batch_size: int = 4,
-    device: str | torch.device | None = None,
-) -> np.ndarray:
+def probabilities(model: nn.Module, image: np.ndarray, info: dict | None = None, normalize: bool = True,
+                  tile: int | None = 512, overlap: int = 64, batch_size: int = 4,
+                  device: str | torch.device | None = None) -> np.ndarray:
     """Per-pixel probabilities, float32 (C, H, W), of one 2-D image of any size and dtype.
 
     Parameters
@@ -182,10 +174,8 @@ def probabilities(
                 total = np.zeros((probs.shape[1], height, width), np.float32)
             for (y, x), prob in zip(chunk, probs):
                 # Edges shared with a neighbouring tile fade out; edges on the image border do not.
-                weight = np.outer(
-                    _ramp(tile_h, overlap_y, y > 0, y + tile_h < height),
-                    _ramp(tile_w, overlap_x, x > 0, x + tile_w < width),
-                )
+                weight = np.outer(_ramp(tile_h, overlap_y, y > 0, y + tile_h < height),
+                                  _ramp(tile_w, overlap_x, x > 0, x + tile_w < width))
                 total[:, y : y + tile_h, x : x + tile_w] += prob * weight
                 weight_sum[y : y + tile_h, x : x + tile_w] += weight
     return total / weight_sum

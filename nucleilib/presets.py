@@ -12,18 +12,14 @@ from __future__ import annotations
 import os
 
 PRESETS: dict[str, dict[str, dict]] = {
-    "fast": {
-        "chapters": {"n_images": 200, "epochs": 3, "max_minutes": 2},
-        "train": {"epochs": 15, "max_minutes": 5.0, "max_images": 600, "base": 8, "depth": 4, "batch_size": 16},
-    },
-    "default": {
-        "chapters": {"n_images": 600, "epochs": 12, "max_minutes": 4},
-        "train": {"epochs": 40, "max_minutes": 30.0, "max_images": None, "base": 8, "depth": 4, "batch_size": 16},
-    },
-    "full": {
-        "chapters": {"n_images": 2000, "epochs": 300, "max_minutes": 24 * 60},
-        "train": {"epochs": 300, "max_minutes": None, "max_images": None, "base": 16, "depth": 4, "batch_size": 16},
-    },
+    "fast": {"chapters": {"n_images": 200, "epochs": 3, "max_minutes": 2},
+             "train": {"epochs": 15, "max_minutes": 5.0, "max_images": 600, "base": 8, "depth": 4, "batch_size": 16}},
+    "default": {"chapters": {"n_images": 600, "epochs": 12, "max_minutes": 4},
+                "train": {"epochs": 40, "max_minutes": 30.0, "max_images": None, "base": 8, "depth": 4,
+                          "batch_size": 16}},
+    "full": {"chapters": {"n_images": 2000, "epochs": 300, "max_minutes": 24 * 60},
+             "train": {"epochs": 300, "max_minutes": None, "max_images": None, "base": 16, "depth": 4,
+                       "batch_size": 16}},
 }
 
 

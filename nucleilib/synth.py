@@ -115,19 +115,9 @@ def _sample_nuclei(rng: np.random.Generator, size: int) -> dict[str, np.ndarray]
     brightness = np.where(mitotic, brightness * rng.uniform(1.8, 3.5, n), brightness)
     coarse_texture = np.full(n, _log_uniform(rng, 0.04, 0.35))
     fine_texture = np.where(mitotic, rng.uniform(0.15, 0.35, n), rng.uniform(0.02, 0.12))
-    return {
-        "x": np.array(xs),
-        "y": np.array(ys),
-        "radius": np.array(radii),
-        "kind": kind_arr,
-        "aspect": aspect,
-        "angle": rng.uniform(0.0, np.pi, n),
-        "harmonic_amp": harmonic_amp,
-        "harmonic_phase": harmonic_phase,
-        "brightness": brightness,
-        "coarse_texture": coarse_texture,
-        "fine_texture": fine_texture,
-    }
+    return {"x": np.array(xs), "y": np.array(ys), "radius": np.array(radii), "kind": kind_arr, "aspect": aspect,
+            "angle": rng.uniform(0.0, np.pi, n), "harmonic_amp": harmonic_amp, "harmonic_phase": harmonic_phase,
+            "brightness": brightness, "coarse_texture": coarse_texture, "fine_texture": fine_texture}
 
 
 def _rasterize(nuclei: dict[str, np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -24,16 +24,14 @@ from nucleilib import __version__
 from nucleilib.augment import augment_batch
 from nucleilib.checkpoint import last_checkpoint_path, load_checkpoint, load_model, save_checkpoint, save_history
 from nucleilib.data import split_indices
-from nucleilib.io import file_sha256, load_npz
+from nucleilib.io import file_sha256, load_npz, remove_stale_temporaries
 from nucleilib.losses import bce_dice_loss, targets_from_labels
 from nucleilib.metrics import overlap_scores
 from nucleilib.model import UNet, model_device, probabilities_from_logits
 from nucleilib.predict import predict_batch
 from nucleilib.presets import PRESETS
-from nucleilib.runtime import (
-    all_sum, autocast, compile_model, distributed, distributed_session, epoch_order, grad_scaler, memory_format, place,
-    share_buffers, should_compile, world,
-)
+from nucleilib.runtime import (all_sum, autocast, compile_model, distributed, distributed_session, epoch_order,
+                               grad_scaler, memory_format, place, share_buffers, should_compile, world)
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Pair = tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]  # (images, targets)
@@ -339,7 +337,6 @@ def fit(model: UNet, train_data: Pair, val_data: Pair, settings: TrainSettings |
     (2, 'epochs')
     """
     from tqdm.auto import tqdm
-
     settings = settings or TrainSettings()
     train_data, val_data = _checked(train_data, "train", model), _checked(val_data, "val", model)
     rank, world_size = world()
@@ -459,6 +456,8 @@ def train_from_npz(data_path: str | Path | Sequence[str | Path], out: str | Path
     ValueError: no/such/data.npz...
     """
     settings = settings or TrainSettings.from_preset("default")
+    if Path(out).is_dir():
+        raise ValueError(f"{out}: is a folder; name the checkpoint file to write, e.g. {Path(out) / 'model.pt'}")
     with distributed_session() as process_device:  # under torchrun: join the process group, leave at the end
         device = device if process_device is None else process_device
         rank, world_size = world()
@@ -495,6 +494,8 @@ def train_from_npz(data_path: str | Path | Sequence[str | Path], out: str | Path
                                           **{k: earlier["provenance"].get(k) for k in ("command", "date")}}
         if init is not None:
             provenance["initialized_from"] = initialized_from
+        if rank == 0:  # what a killed earlier run of this checkpoint left half-written
+            remove_stale_temporaries(Path(out).parent, Path(out).stem)
         history = fit(model, (images[parts[0]], targets[parts[0]]), (images[parts[1]], targets[parts[1]]), settings,
                       out=out, resume=resume, device=device, progress=progress and rank == 0, provenance=provenance)
         metrics = _test_metrics(history, model, (images[parts[2]], targets[parts[2]]), rank)

@@ -43,9 +43,8 @@ def save_figure(figure: Figure, name: str, dpi: int = 110) -> str:
         return str(path)
 
 
-def outline_rgb(
-    image: np.ndarray, labels: np.ndarray | None = None, color: Sequence[float] = (1.0, 0.85, 0.0)
-) -> np.ndarray:
+def outline_rgb(image: np.ndarray, labels: np.ndarray | None = None,
+                color: Sequence[float] = (1.0, 0.85, 0.0)) -> np.ndarray:
     """A 2-D image in [0, 1] as float32 RGB, with every labelled nucleus outlined in ``color`` (by
     :func:`nucleilib.count.overlay`; no outlines without ``labels``).
 
@@ -60,14 +59,8 @@ def outline_rgb(
     return np.repeat(gray[..., None], 3, axis=-1) if labels is None else overlay(gray, labels, color)
 
 
-def show_grid(
-    images: Sequence[np.ndarray],
-    labels: Sequence[np.ndarray] | None = None,
-    titles: Sequence[str] | None = None,
-    ncols: int = 4,
-    size: float = 2.6,
-    cmap: str = "gray",
-) -> Figure:
+def show_grid(images: Sequence[np.ndarray], labels: Sequence[np.ndarray] | None = None,
+              titles: Sequence[str] | None = None, ncols: int = 4, size: float = 2.6, cmap: str = "gray") -> Figure:
     """Show images in a grid, ``ncols`` per row and ``size`` inches each, with outlines where labels are given.
 
     ``images`` are 2-D (normalized to [0, 1] for outlines) or (1, H, W); ``labels`` holds instance labels per image
@@ -180,7 +173,6 @@ def unet_diagram(shapes: Sequence[tuple[str, tuple[int, ...]]]) -> Figure:
     1
     """
     from matplotlib.patches import FancyArrowPatch, Rectangle
-
     levels = [(name, shape) for name, shape in shapes if name.startswith(("encoder", "bottleneck", "decoder"))]
     top_size = levels[0][1][-1]
     fig, ax = plt.subplots(figsize=(11, 5))
@@ -247,15 +239,12 @@ def matching_figure(image: np.ndarray, true_labels: np.ndarray, pred_labels: np.
     'IoU >= 0.5: 1 matched (green), 1 missed (red), 0 false (yellow)'
     """
     from nucleilib.metrics import matched_pairs
-
     pairs = matched_pairs(true_labels, pred_labels, iou_threshold)
     missed_ids = sorted(set(np.unique(true_labels)) - {0} - {t for t, _, _ in pairs})
     false_ids = sorted(set(np.unique(pred_labels)) - {0} - {p for _, p, _ in pairs})
-    outlines = (
-        (np.where(np.isin(pred_labels, [p for _, p, _ in pairs]), pred_labels, 0), (0.1, 0.9, 0.1)),
-        (np.where(np.isin(true_labels, missed_ids), true_labels, 0), (1.0, 0.15, 0.15)),
-        (np.where(np.isin(pred_labels, false_ids), pred_labels, 0), (1.0, 0.9, 0.0)),
-    )
+    outlines = ((np.where(np.isin(pred_labels, [p for _, p, _ in pairs]), pred_labels, 0), (0.1, 0.9, 0.1)),
+                (np.where(np.isin(true_labels, missed_ids), true_labels, 0), (1.0, 0.15, 0.15)),
+                (np.where(np.isin(pred_labels, false_ids), pred_labels, 0), (1.0, 0.9, 0.0)))
     rgb = outline_rgb(image)
     for labels, colour in outlines:
         rgb = overlay(rgb, labels, colour)
@@ -267,9 +256,8 @@ def matching_figure(image: np.ndarray, true_labels: np.ndarray, pred_labels: np.
     return fig
 
 
-def compare_curves(
-    histories: dict[str, dict], key: str = "val_loss", baseline: float | None = None, title: str | None = None
-) -> Figure:
+def compare_curves(histories: dict[str, dict], key: str = "val_loss", baseline: float | None = None,
+                   title: str | None = None) -> Figure:
     """Several trainings (name -> ``train.fit`` history) on the same axes: ``key`` per epoch and the learning rate.
 
     ``baseline`` draws a horizontal reference line, e.g. the loss of a constant prediction ("learned nothing").

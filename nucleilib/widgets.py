@@ -41,9 +41,8 @@ def _as_prob(prob: np.ndarray) -> np.ndarray:
     return prob
 
 
-def explorer_state(
-    prob: np.ndarray, settings: CountSettings | None = None, true_labels: np.ndarray | None = None, **changes
-) -> dict[str, Any]:
+def explorer_state(prob: np.ndarray, settings: CountSettings | None = None, true_labels: np.ndarray | None = None,
+                   **changes) -> dict[str, Any]:
     """Everything the explorer shows for one setting of its controls (no drawing, no widgets).
 
     ``prob`` is (C, H, W) or (H, W) (channel 0 nucleus, channel 1 interior if there is one); ``settings`` (default
@@ -67,20 +66,12 @@ def explorer_state(
         true_count = int(np.count_nonzero(np.unique(true_labels)))
     labels = labels_from_probabilities(prob, settings)
     count = int(labels.max())
-    return {
-        "count": count,
-        "true_count": true_count,
-        "labels": labels,
-        "mask": binarize(prob[0], settings.threshold),
-        "settings": settings,
-        "text": f"count: {count}" + ("" if true_count is None else f" (true {true_count})"),
-    }
+    return {"count": count, "true_count": true_count, "labels": labels, "mask": binarize(prob[0], settings.threshold),
+            "settings": settings, "text": f"count: {count}" + ("" if true_count is None else f" (true {true_count})")}
 
 
-def count_curve(
-    prob: np.ndarray, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, settings: CountSettings | None = None,
-    **changes,
-) -> np.ndarray:
+def count_curve(prob: np.ndarray, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+                settings: CountSettings | None = None, **changes) -> np.ndarray:
     """The nucleus count (int64) at each of ``thresholds``, the other settings as for :func:`explorer_state`.
 
     Examples
@@ -98,7 +89,6 @@ def _draw_panels(axes, image, prob, state, true_labels, thresholds, curve) -> No
     """Draw the explorer's five panels: the image (true outlines if given), P(nucleus), the mask at the threshold,
     the counted nuclei, and the count curve with the threshold and the true count marked."""
     from nucleilib.viz import labels_rgb, outline_rgb
-
     settings = state["settings"]
     ax_image, ax_prob, ax_mask, ax_labels, ax_curve = axes
     ax_image.imshow(outline_rgb(normalize_image(image_2d(image)), true_labels))
@@ -124,14 +114,9 @@ def _draw_panels(axes, image, prob, state, true_labels, thresholds, curve) -> No
     ax_curve.set_title("count vs threshold", fontsize=9)
 
 
-def static_threshold_figure(
-    image: np.ndarray,
-    prob: np.ndarray,
-    true_labels: np.ndarray | None = None,
-    thresholds: Sequence[float] = (0.2, 0.5, 0.8),
-    settings: CountSettings | None = None,
-    curve_thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-) -> "matplotlib.figure.Figure":
+def static_threshold_figure(image: np.ndarray, prob: np.ndarray, true_labels: np.ndarray | None = None,
+                            thresholds: Sequence[float] = (0.2, 0.5, 0.8), settings: CountSettings | None = None,
+                            curve_thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> "matplotlib.figure.Figure":
     """The explorer's panels as a still figure, one row per threshold (where widgets cannot run).
 
     The panels: the image (``true_labels`` outlined if given), P(nucleus), the mask at the threshold, the counted
@@ -145,7 +130,6 @@ def static_threshold_figure(
     (10, 'nuclei: count: 0')
     """
     import matplotlib.pyplot as plt
-
     prob, settings = _as_prob(prob), settings or CountSettings()
     curve = count_curve(prob, curve_thresholds, settings)
     fig, axes = plt.subplots(len(thresholds), 5, figsize=(11, 2.3 * len(thresholds)), squeeze=False)
@@ -160,7 +144,6 @@ def _render_png(image, prob, state, true_labels, thresholds, curve, dpi: int) ->
     """The five panels as PNG bytes (Agg canvas, so nothing is displayed twice in a notebook)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
     figure = Figure(figsize=(13, 2.8))
     FigureCanvasAgg(figure)
     _draw_panels(figure.subplots(1, 5), image, prob, state, true_labels, thresholds, curve)
@@ -189,16 +172,10 @@ def find_by_class(widget: Any, css_class: str) -> Any:
     return None
 
 
-def threshold_explorer(
-    images: Sequence[np.ndarray],
-    probabilities: Sequence[np.ndarray] | None = None,
-    true_labels: Sequence[np.ndarray] | None = None,
-    model: Any = None,
-    info: dict | None = None,
-    settings: CountSettings | None = None,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    dpi: int = 72,
-) -> Any:
+def threshold_explorer(images: Sequence[np.ndarray], probabilities: Sequence[np.ndarray] | None = None,
+                       true_labels: Sequence[np.ndarray] | None = None, model: Any = None, info: dict | None = None,
+                       settings: CountSettings | None = None, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+                       dpi: int = 72) -> Any:
     """An interactive explorer: pick an image, move the threshold, the minimum area and the split toggle.
 
     It shows the panels of :func:`static_threshold_figure` for the current controls. The model (with checkpoint
@@ -219,7 +196,6 @@ def threshold_explorer(
     '<b>count: 1</b>'
     """
     import ipywidgets
-
     images, settings = list(images), settings or CountSettings()
     if not images:
         raise ValueError("threshold_explorer: no images given")
@@ -227,14 +203,11 @@ def threshold_explorer(
         if model is None:
             raise ValueError("threshold_explorer: give probabilities or a model to compute them")
         from nucleilib import predict
-
         probabilities = [predict.probabilities(model, image, info=info) for image in images]
     probabilities = [_as_prob(p) for p in probabilities]
     if len(probabilities) != len(images) or (true_labels is not None and len(true_labels) != len(images)):
-        raise ValueError(
-            f"threshold_explorer: {len(images)} images but {len(probabilities)} probability maps"
-            + ("" if true_labels is None else f" and {len(true_labels)} label images")
-        )
+        raise ValueError(f"threshold_explorer: {len(images)} images but {len(probabilities)} probability maps"
+                         + ("" if true_labels is None else f" and {len(true_labels)} label images"))
     thresholds = tuple(float(t) for t in thresholds)
     curves: dict[tuple[int, int, bool], np.ndarray] = {}
 

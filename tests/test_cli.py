@@ -189,13 +189,16 @@ def test_count_writes_outputs_and_reports_bad_files_by_name(tiny_model, tmp_path
         assert sum(name in line for line in errors) == 1
     with open(out / "counts.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert sorted(row["file"] for row in rows) == ["colour.png", "gray8.png", "narrow16.tif"]
-    for row in rows:
-        stem = Path(row["file"]).stem
-        labels = tifffile.imread(out / f"{stem}_labels.tif")
+    ok = [row for row in rows if row["status"] == "ok"]
+    assert sorted(row["file"] for row in ok) == [str(inputs / name) for name in ("colour.png", "gray8.png",
+                                                                                 "narrow16.tif")]
+    failed = sorted(Path(row["file"]).name for row in rows if row["status"].startswith("failed: "))
+    assert failed == ["empty.tif", "missing.png", "truncated.png"]
+    for row in ok:
+        labels = tifffile.imread(out / row["labels"])
         assert labels.dtype == np.uint16 and int(labels.max()) == int(row["count"])
-        assert cv2.imread(str(out / f"{stem}_overlay.png")).shape[:2] == labels.shape
-    assert not list(out.glob("*.tmp"))
+        assert cv2.imread(str(out / row["labels"].replace("_labels.tif", "_overlay.png"))).shape[:2] == labels.shape
+    assert not list(out.rglob(".*.tmp*"))
 
 
 def test_count_with_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, capsys):
