@@ -93,7 +93,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from nucleilib import evaluate
     settings = _count_settings(args)
     metrics = evaluate.evaluate_path(args.data, model_path=args.model, method=args.method, settings=settings,
-                                     layout=args.layout, subset=args.split)
+                                     layout=args.layout, subset=args.split, precision=args.precision)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -129,7 +129,7 @@ def _count(args: argparse.Namespace) -> int:
     if not inputs:
         raise ValueError("no images given (no file matched)")
     summary = evaluate.count_files(inputs, args.out, model_path=args.model, settings=settings, channel=args.channel,
-                                   overwrite=args.overwrite)
+                                   overwrite=args.overwrite, precision=args.precision)
     for message in summary["failures"]:
         print(f"error: {message}", file=sys.stderr)
     print(f"wrote {Path(args.out) / evaluate.COUNTS_CSV}: {summary['counted']} images counted, {summary['skipped']} "
@@ -215,6 +215,9 @@ def _count_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--threshold", type=float, default=None, help="probability threshold in (0, 1) (default 0.5)")
     command.add_argument("--min-area", type=int, default=None, help="smallest nucleus in pixels (default 10)")
     command.add_argument("--no-split", action="store_true", help="do not split touching nuclei")
+    command.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                         help="the network's arithmetic; auto (default): bfloat16 where the CPU computes it "
+                              "natively (about 2x faster network), else fp32")
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -33,10 +33,10 @@ READERS = {"dsb2018": (datasets.dsb2018_names, datasets.read_dsb2018),
 
 
 def segment_image(model: "torch.nn.Module", image: np.ndarray, info: dict | None = None,
-                  settings: CountSettings | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  settings: CountSettings | None = None, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     """Instance labels (int32 (H, W)) and probabilities (float32 (C, H, W)) of one 2-D image of any dtype and size.
 
-    :func:`nucleilib.predict.probabilities` with the checkpoint ``info``'s normalization, then
+    :func:`nucleilib.predict.probabilities` with the checkpoint ``info``'s normalization and ``precision``, then
     :func:`nucleilib.count.labels_from_probabilities` with ``settings`` (default
     :class:`~nucleilib.count.CountSettings`).
 
@@ -51,18 +51,20 @@ def segment_image(model: "torch.nn.Module", image: np.ndarray, info: dict | None
     (2, (1, 20, 20))
     """
     from nucleilib.predict import probabilities
-    prob = probabilities(model, image, info=info)
+    prob = probabilities(model, image, info=info, precision=precision)
     return labels_from_probabilities(prob, settings), prob
 
 
 def segmenter(model_path: str | os.PathLike | None = None, method: str = "model",
-              settings: CountSettings | None = None, **changes) -> Callable[[np.ndarray], np.ndarray]:
+              settings: CountSettings | None = None, precision: str = "fp32",
+              **changes) -> Callable[[np.ndarray], np.ndarray]:
     """A function ``image -> int32 instance labels``: the U-Net pipeline or the classical baseline.
 
     ``method="model"``: the checkpoint at ``model_path`` (default: the shipped model) through :func:`segment_image`.
     ``method="baseline"``: Otsu + watershed (:func:`nucleilib.count.classical_baseline`), which takes only
     ``min_area`` and ``split`` from the settings and keeps its own tuned ``h``. ``settings`` default to
-    :class:`~nucleilib.count.CountSettings`; keyword ``changes`` replace single fields.
+    :class:`~nucleilib.count.CountSettings`; keyword ``changes`` replace single fields. ``precision``: the
+    network's (:func:`nucleilib.runtime.inference_precision`).
 
     Examples
     --------
@@ -77,7 +79,7 @@ def segmenter(model_path: str | os.PathLike | None = None, method: str = "model"
         raise ValueError(f"method must be 'model' or 'baseline', got {method!r}")
     from nucleilib.checkpoint import load_model
     model, info = load_model(model_path)
-    return lambda image: segment_image(model, image, info, settings)[0]
+    return lambda image: segment_image(model, image, info, settings, precision)[0]
 
 
 def _layout(path: Path, layout: str) -> str:
@@ -169,11 +171,11 @@ def evaluate_samples(samples: Sequence[Sample], segment: Callable[[np.ndarray], 
 
 def evaluate_path(path: str | os.PathLike, model_path: str | os.PathLike | None = None, method: str = "model",
                   settings: CountSettings | None = None, layout: str = "auto", subset: str = "all",
-                  progress: bool = True) -> dict[str, float]:
+                  progress: bool = True, precision: str = "fp32") -> dict[str, float]:
     """Metrics of a model (or the baseline) on annotated data: the ``evaluate`` command.
 
     ``path``, ``layout`` and ``subset`` (the split part) are read by :func:`read_annotated`; ``model_path``,
-    ``method`` and ``settings`` make the :func:`segmenter`. Returns ``data``, ``method`` and ``threshold``, then the
+    ``method``, ``settings`` and ``precision`` make the :func:`segmenter`. Returns ``data``, ``method`` and ``threshold``, then the
     scores of :func:`evaluate_samples`.
 
     Examples
@@ -188,7 +190,7 @@ def evaluate_path(path: str | os.PathLike, model_path: str | os.PathLike | None 
     """
     settings = settings or CountSettings()
     samples = read_annotated(path, layout=layout, split=subset)
-    scores = evaluate_samples(samples, segmenter(model_path, method, settings), progress=progress)
+    scores = evaluate_samples(samples, segmenter(model_path, method, settings, precision), progress=progress)
     return {"data": str(path), "method": method, "threshold": settings.threshold, **scores}
 
 
@@ -236,13 +238,14 @@ def _write_rows(path: Path, rows: Iterable[dict]) -> None:
 
 
 def _start_run(out: Path, model_path: str | os.PathLike | None, settings: CountSettings, channel: int | None,
-               overwrite: bool) -> list[dict]:
+               precision: str, overwrite: bool) -> list[dict]:
     """The rows of the run in ``out`` to resume (none with ``overwrite``, whose old outputs go); ValueError when the
-    folder holds counts made with another model (its hash), other settings or channel. Records this run's."""
+    folder holds counts made with another model (its hash), other settings, channel or precision. Records this
+    run's."""
     from nucleilib.checkpoint import default_model_path
     model = Path(model_path) if model_path is not None else default_model_path()
     record = {"model": str(model), "model_sha256": file_sha256(model) if model.is_file() else None,
-              "settings": asdict(settings), "channel": channel}
+              "settings": asdict(settings), "channel": channel, "precision": precision}
     rows = _read_rows(out / COUNTS_CSV)
     if overwrite:
         for row in rows:
@@ -255,8 +258,8 @@ def _start_run(out: Path, model_path: str | os.PathLike | None, settings: CountS
             changed = [f"{key} {earlier['settings'].get(key)} -> {value}" for key, value in record["settings"].items()
                        if earlier["settings"].get(key) != value]
             changed += ["another model"] if earlier.get("model_sha256") != record["model_sha256"] else []
-            if earlier.get("channel") != record["channel"]:
-                changed.append(f"channel {earlier.get('channel')} -> {record['channel']}")
+            changed += [f"{key} {earlier.get(key)} -> {record[key]}" for key in ("channel", "precision")
+                        if earlier.get(key) != record[key]]
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             changed = [f"no readable {RUN_RECORD}"]
         if changed:
@@ -291,16 +294,18 @@ def _count_one(file: str, labels_path: Path, segment: Callable[[np.ndarray], np.
 
 def count_files(paths: Iterable[str | os.PathLike], out: str | os.PathLike,
                 model_path: str | os.PathLike | None = None, settings: CountSettings | None = None,
-                channel: int | None = None, progress: bool = True, overwrite: bool = False) -> dict:
+                channel: int | None = None, progress: bool = True, overwrite: bool = False,
+                precision: str = "fp32") -> dict:
     """Count nuclei in image files into the folder ``out``: ``counts.csv``, and per image its labels and overlay.
 
     The images (TIFF, PNG, JPEG; 8/16-bit; gray, or colour with the nuclei in ``channel``, see
-    :func:`nucleilib.io.read_image`) go through the :func:`segmenter` of ``model_path`` and ``settings``. Outputs
+    :func:`nucleilib.io.read_image`) go through the :func:`segmenter` of ``model_path``, ``settings`` and
+    ``precision``. Outputs
     are named by the path relative to the inputs' common folder (``d1/x.tif`` -> ``d1/x.tif_labels.tif``,
     ``d1/x.tif_overlay.png``: the 8-bit image with the nuclei outlined) and written atomically. ``counts.csv`` gets
     a row per image as soon as it is done (``file`` as given, ``count``, ``status`` ``ok`` or ``failed: reason``,
     ``labels``, absolute ``source``). Rerun into ``out``, images counted with the same model, settings and channel
-    (``count_run.json``) are skipped, failed ones retried; another run's counts there are a ValueError unless
+    and precision (``count_run.json``) are skipped, failed ones retried; another run's counts there are a ValueError unless
     ``overwrite`` (which removes them), and so is a second run while one holds the folder. One image's failure is
     recorded and the others go on. Returns ``counted``, ``skipped`` and ``failures`` (a line each, naming the file).
 
@@ -325,10 +330,10 @@ def count_files(paths: Iterable[str | os.PathLike], out: str | os.PathLike,
         given.setdefault(os.path.abspath(path), str(path))
     with _folder_lock(out):
         remove_stale_temporaries(out, recursive=True)
-        rows = _start_run(out, model_path, settings, channel, overwrite)
+        rows = _start_run(out, model_path, settings, channel, precision, overwrite)
         done, taken = {r["source"] for r in rows if r["status"] == "ok"}, {r["labels"]: r["source"] for r in rows}
         todo = [(s, f, name) for (s, f), name in zip(given.items(), _output_names(list(given))) if s not in done]
-        segment, failures = segmenter(model_path, settings=settings) if todo else None, []
+        segment, failures = segmenter(model_path, settings=settings, precision=precision) if todo else None, []
         with open(out / COUNTS_CSV, "a", newline="", encoding="utf-8") as handle:
             for source, file, name in tqdm(todo, desc="count", unit="image", disable=not progress or len(todo) < 2):
                 labels_name = _free_name(name, source, taken)

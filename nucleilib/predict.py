@@ -24,15 +24,17 @@ from torch import nn
 from nucleilib.data import normalize_image, tile_starts
 from nucleilib.io import image_2d
 from nucleilib.model import fold_batchnorm, model_device, probabilities_from_logits
+from nucleilib.runtime import inference_precision
 
 # model -> (fingerprint of its weights, inference copy); entries go when the model does.
 _INFERENCE_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _run(model: nn.Module, batch: torch.Tensor, device: torch.device) -> np.ndarray:
+def _run(model: nn.Module, batch: torch.Tensor, device: torch.device, precision: str = "fp32") -> np.ndarray:
     """Probabilities of one batch (N, 1, H, W) as a float32 numpy array (N, C, H, W)."""
     batch = batch.to(device=device, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
-    logits = model(batch)
+    with inference_precision(device, precision):
+        logits = model(batch)
     if logits.ndim != 4 or logits.shape[0] != batch.shape[0] or logits.shape[-2:] != batch.shape[-2:]:
         raise ValueError(f"predict: the model returned shape {tuple(logits.shape)} for input {tuple(batch.shape)}")
     return probabilities_from_logits(logits).float().cpu().numpy()
@@ -68,11 +70,12 @@ def inference_model(model: nn.Module) -> nn.Module:
 
 
 def predict_batch(model: nn.Module, images: torch.Tensor | np.ndarray, batch_size: int = 8,
-                  device: str | torch.device | None = None) -> np.ndarray:
+                  device: str | torch.device | None = None, precision: str = "fp32") -> np.ndarray:
     """Probabilities (float32 (N, C, H, W)) of a batch of already normalized images (N, 1, H, W).
 
     ``images`` come normalized as in training (e.g. from ``nucleilib.io.load_npz``); ``batch_size`` images go
-    through each forward pass (bounding memory), on ``device`` (default: the model's).
+    through each forward pass (bounding memory), on ``device`` (default: the model's), in ``precision``
+    (``runtime.inference_precision``: ``"fp32"``, ``"bf16"`` or ``"auto"``).
 
     Examples
     --------
@@ -89,7 +92,7 @@ def predict_batch(model: nn.Module, images: torch.Tensor | np.ndarray, batch_siz
     device = torch.device(device) if device is not None else model_device(model)
     net = inference_model(model)
     with torch.inference_mode():
-        parts = [_run(net, images[i : i + batch_size], device) for i in range(0, len(images), batch_size)]
+        parts = [_run(net, images[i : i + batch_size], device, precision) for i in range(0, len(images), batch_size)]
     return np.concatenate(parts) if parts else np.zeros((0, 1) + tuple(images.shape[-2:]), np.float32)
 
 
@@ -124,7 +127,7 @@ def _prepare_image(image: np.ndarray, normalize: bool, info: dict | None) -> np.
 
 def probabilities(model: nn.Module, image: np.ndarray, info: dict | None = None, normalize: bool = True,
                   tile: int | None = 512, overlap: int = 64, batch_size: int = 4,
-                  device: str | torch.device | None = None) -> np.ndarray:
+                  device: str | torch.device | None = None, precision: str = "fp32") -> np.ndarray:
     """Per-pixel probabilities, float32 (C, H, W), of one 2-D image of any size and dtype.
 
     Parameters
@@ -144,6 +147,9 @@ def probabilities(model: nn.Module, image: np.ndarray, info: dict | None = None,
         Tiles per forward pass.
     device : str or torch.device, optional
         Where to run; default the model's device.
+    precision : str, optional
+        ``"fp32"`` (the same numbers on every CPU), ``"bf16"`` or ``"auto"`` (bfloat16 where the CPU computes it
+        natively): :func:`nucleilib.runtime.inference_precision`.
 
     Examples
     --------
@@ -157,7 +163,7 @@ def probabilities(model: nn.Module, image: np.ndarray, info: dict | None = None,
     height, width = pixels.shape
     tensor = torch.from_numpy(pixels)[None, None]
     if tile is None or (height <= tile and width <= tile):
-        return predict_batch(model, tensor, batch_size=1, device=device)[0]
+        return predict_batch(model, tensor, batch_size=1, device=device, precision=precision)[0]
     device = torch.device(device) if device is not None else model_device(model)
     if not 0 <= overlap < tile:
         raise ValueError(f"probabilities: need 0 <= overlap < tile, got overlap={overlap}, tile={tile}")
@@ -169,7 +175,8 @@ def probabilities(model: nn.Module, image: np.ndarray, info: dict | None = None,
     with torch.inference_mode():
         for i in range(0, len(corners), batch_size):
             chunk = corners[i : i + batch_size]
-            probs = _run(net, torch.cat([tensor[..., y : y + tile_h, x : x + tile_w] for y, x in chunk]), device)
+            tiles = torch.cat([tensor[..., y : y + tile_h, x : x + tile_w] for y, x in chunk])
+            probs = _run(net, tiles, device, precision)
             if total is None:
                 total = np.zeros((probs.shape[1], height, width), np.float32)
             for (y, x), prob in zip(chunk, probs):

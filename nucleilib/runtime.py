@@ -128,6 +128,32 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def inference_precision(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager:
+    """How prediction computes: ``"fp32"``; ``"bf16"`` (bfloat16 autocast, forced, on any CPU or GPU); ``"auto"``
+    (:func:`autocast`'s choice: bfloat16 on CPUs that compute it natively, float16 on CUDA, else float32).
+
+    Examples
+    --------
+    >>> with inference_precision(torch.device("cpu"), "bf16"):
+    ...     torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype
+    torch.bfloat16
+    >>> inference_precision(torch.device("cpu"), "fp16")
+    Traceback (most recent call last):
+    ...
+    ValueError: precision must be one of ('fp32', 'bf16', 'auto'), got 'fp16'
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return autocast(device)
+    if precision == "bf16":
+        return torch.autocast("cuda" if device.type == "cuda" else "cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def grad_scaler(device: torch.device) -> torch.amp.GradScaler | None:
     """The gradient scaler float16 autocast needs on CUDA (None elsewhere: bf16 and fp32 need none).
 

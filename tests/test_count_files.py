@@ -99,6 +99,14 @@ def test_a_folder_with_another_runs_counts_is_refused_unless_overwrite(model, tm
     assert len(rows(out)) == 1 and '"threshold": 0.3' in (out / "count_run.json").read_text()
 
 
+def test_a_rerun_in_another_precision_is_refused(model, tmp_path, capsys):
+    a, out = write(tmp_path / "a.tif", image(1)), tmp_path / "out"
+    assert count(model, a, "--out", out, "--precision", "fp32") == 0
+    capsys.readouterr()
+    assert count(model, a, "--out", out, "--precision", "bf16") == 2
+    assert "precision fp32 -> bf16" in capsys.readouterr().err
+
+
 def test_a_second_run_into_the_same_folder_refuses_at_once(model, tmp_path, capsys):
     a, out = write(tmp_path / "a.tif", image(1)), tmp_path / "out"
     out.mkdir()

@@ -30,6 +30,7 @@ LAYOUT_ISSUE_LINES = 5500  # the library when the module-layout issue closed, wi
 FEATURE_LINES = {
     "train --resume and --init (issues 14, 15)": 40,
     "export: the model as ONNX (issue 15)": 100,
+    "--precision: bfloat16 inference where it is native (issue 16)": 45,
 }
 MAX_LIBRARY_LINES = LAYOUT_ISSUE_LINES + sum(FEATURE_LINES.values())
 MAX_MODULE_LINES = 600

@@ -102,3 +102,25 @@ def test_predict_batch_is_the_sigmoid_of_the_model_in_any_batch_size():
         expected = torch.sigmoid(model(images)).numpy()
     np.testing.assert_allclose(out, expected, atol=1e-6)
     np.testing.assert_allclose(out, predict.predict_batch(model, images, batch_size=5), atol=1e-6)
+
+
+def test_bf16_inference_agrees_with_fp32_on_the_shipped_model_everywhere():
+    # Forced on, so the bfloat16 path runs on CPUs without native bf16 too (slower there, but the same code).
+    from nucleilib import count, synth
+    from nucleilib.checkpoint import load_model
+
+    model, info = load_model()
+    images = synth.make_dataset(n=4, size=128, seed=21)["images"]
+    full = [predict.probabilities(model, image, info, precision="fp32") for image in images]
+    half = [predict.probabilities(model, image, info, precision="bf16") for image in images]
+    assert max(np.abs(a - b).max() for a, b in zip(full, half)) < 0.05
+    assert [count.count_nuclei(p)[0] for p in half] == [count.count_nuclei(p)[0] for p in full]
+
+
+def test_auto_precision_is_fp32_where_the_cpu_has_no_native_bf16(monkeypatch):
+    from nucleilib import runtime
+
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: False)
+    net, image = small_unet(), np.random.default_rng(0).random((40, 40)).astype(np.float32)
+    np.testing.assert_array_equal(predict.probabilities(net, image, precision="auto"),
+                                  predict.probabilities(net, image, precision="fp32"))
