@@ -24,7 +24,8 @@
 
 # %% [markdown]
 # The switch below picks the preset: `False` (the default preset) trains three small U-Nets on 480 crops for
-# 8 epochs each; `True` (the fast preset that CI uses) on 160 crops for 6 epochs. Measured run times:
+# 8 epochs each and runs a short learning-rate range test; `True` (the fast preset that CI uses) does the
+# same on 160 crops, 6 epochs each. Measured run times:
 # `docs/teaching.md`.
 
 # %%
@@ -93,37 +94,57 @@ for name, (_, history) in runs.items():
           f" over {len(history['val_loss'])} epochs, validation Dice {history['val_dice'][-1]:.2f}")
 
 # %% [markdown]
-# Is the loss printed for `images / 65535` high? A network that has learned nothing predicts the same probability everywhere, at best
-# the fraction of nucleus pixels. Its loss is the level to beat:
+# Is the loss printed for `images / 65535` high? A network that has learned nothing predicts the same
+# probability everywhere. The natural constant is the fraction of nucleus pixels in the training crops (where
+# BCE alone is lowest). Its loss on the validation crops, averaged over batches of 8 as `fit` does, is the level
+# to compare with; nearby constants score about the same:
 
 # %%
 from nucleilib import losses
 
 foreground = float(masks[train_idx].mean())
-val_masks = torch.from_numpy(masks[val_idx])
-constant_logit = torch.full_like(val_masks, float(np.log(foreground / (1 - foreground))))
-constant_loss = float(losses.bce_dice_loss(constant_logit, val_masks))
-print(f"foreground {foreground:.1%} of the pixels; loss of a constant prediction {constant_loss:.2f}")
+val_batches = torch.split(torch.from_numpy(masks[val_idx]), 8)      # fit's validation batches
+
+
+def constant_level(p):
+    logit = float(np.log(p / (1 - p)))
+    return sum(float(losses.bce_dice_loss(torch.full_like(y, logit), y)) * len(y) for y in val_batches) / len(val_idx)
+
+
+constant_loss = constant_level(foreground)
+print(f"foreground {foreground:.1%} of the pixels; loss of a constant prediction {constant_loss:.2f} "
+      f"(constant 0.05: {constant_level(0.05):.2f}, 0.2: {constant_level(0.2):.2f})")
 
 # %% [markdown]
-# The failure and its fix side by side: one validation crop as the network receives it (both on the same
-# 0-to-1 grey scale), and the validation loss per epoch against the constant-prediction level.
+# The two cameras: an image whose values exceed 255 comes from the 12-bit one. For the figure, the validation
+# crop with most nuclei from each camera:
+
+# %%
+twelve_bit = raw["images"].max(axis=(1, 2)) > 255            # an 8-bit camera never exceeds 255
+cameras = {"8-bit": ~twelve_bit, "12-bit": twelve_bit}
+shown = {camera: max((i for i in val_idx if of_camera[i]), key=lambda i: len(np.unique(raw["labels"][i, :64, :64])))
+         for camera, of_camera in cameras.items()}
+print({camera: f"crop {k}, values up to {raw['images'][k].max()}" for camera, k in shown.items()})
+
+# %% [markdown]
+# The failure and its fix side by side: the two crops as the network receives them (all on the same 0-to-1
+# grey scale), and the validation loss per epoch against the constant-prediction level.
 
 # %%
 import matplotlib.pyplot as plt
 from nucleilib import viz
 
-k = max(val_idx, key=lambda i: len(np.unique(raw["labels"][i, :64, :64])))   # the crop with most nuclei
-fig, axes = plt.subplots(1, 3, figsize=(11, 3.3), width_ratios=[1, 1, 1.7], layout="constrained")
-for ax, (name, x) in zip(axes, inputs.items()):
+fig, axes = plt.subplot_mosaic("abL;cdL", figsize=(11, 5.4), width_ratios=[1, 1, 1.7], layout="constrained")
+for panel, ((camera, k), (name, x)) in zip("abcd", [(c, i) for c in shown.items() for i in inputs.items()]):
+    ax = axes[panel]                                         # rows: cameras; columns: inputs
     ax.imshow(x[k, 0], cmap="gray", vmin=0, vmax=1)
-    ax.set_title(f"input: {name}", fontsize=9)
+    ax.set_title(f"{camera} camera, input: {name}", fontsize=9)
     ax.axis("off")
 for name, (_, history) in runs.items():
-    axes[2].plot(np.arange(1, len(history["val_loss"]) + 1), history["val_loss"], marker="o", label=name)
-axes[2].axhline(constant_loss, color="gray", linestyle="--", label="constant prediction")
-axes[2].set(xlabel="epoch", ylabel="validation loss", title="Adam, lr 0.001")
-axes[2].legend(fontsize=8)
+    axes["L"].plot(np.arange(1, len(history["val_loss"]) + 1), history["val_loss"], marker="o", label=name)
+axes["L"].axhline(constant_loss, color="gray", linestyle="--", label="constant prediction")
+axes["L"].set(xlabel="epoch", ylabel="validation loss", title="Adam, lr 0.001")
+axes["L"].legend(fontsize=8)
 viz.save_figure(fig, "04_loss_stays_high.png")
 
 # %% [markdown]
@@ -157,10 +178,26 @@ for name, x in inputs.items():
         assert prob.max() < 0.5
 
 # %% [markdown]
-# Divided by 65535, no validation pixel reaches 0.5: the network predicts background everywhere. Normalizing
-# each image between its own percentiles (`data.normalize_image`, which `io.load_npz` applies to every data set
-# of the project) puts background near 0 and nuclei near 1 whatever the camera: the second panel of the figure.
-# That is the fix.
+# Divided by 65535, no validation pixel reaches 0.5: the network predicts background everywhere. What each
+# input makes of the two cameras, over all crops (medians of the nucleus and of the background pixels):
+
+# %%
+nucleus = masks[:, 0] == 1
+for name, x in inputs.items():
+    for camera, of_camera in cameras.items():
+        values, in_nucleus = x[of_camera, 0], nucleus[of_camera]
+        print(f"{name:>14}, {camera:>6} camera: median nucleus {np.median(values[in_nucleus]):.4f}, "
+              f"median background {np.median(values[~in_nucleus]):.4f}")
+divided = inputs["images / 65535"][:, 0]
+ratio = np.median(divided[twelve_bit][nucleus[twelve_bit]]) / np.median(divided[~twelve_bit][nucleus[~twelve_bit]])
+print(f"divided by 65535, the 12-bit camera's median nucleus is {ratio:.0f} x the 8-bit camera's")
+
+# %% [markdown]
+# Divided by 65535, the 12-bit camera's nuclei sit about 20 times higher than the 8-bit camera's (the last
+# line), and both are a sliver above 0: black in the figure's first column. Normalizing each image between its own percentiles
+# (`data.normalize_image`, which `io.load_npz` applies to every data set of the project) puts both cameras on
+# the same scale, background near 0 and nuclei around the middle (the medians printed); in the second column
+# the nuclei of both crops stand out from the background. That is the fix.
 #
 # ## A learning rate that is too high
 #
@@ -206,6 +243,9 @@ sweep = train.lr_range_test(model.UNet(base=8, depth=4), (x_train, masks[train_i
                             train.TrainSettings(batch_size=8), start_lr=1e-6, end_lr=10.0, steps=40)
 print(f"{len(sweep['lr'])} steps, up to lr {sweep['lr'][-1]:.2g}; lowest smoothed loss at lr {sweep['best_lr']:.2g}"
       f"; suggested lr (a tenth of that) {sweep['suggested_lr']:.2g}")
+last, lowest = sweep["smoothed"][-1], min(sweep["smoothed"])
+print(f"last smoothed loss {last:.2f} = {last / lowest:.1f} x the lowest ({lowest:.2f}); the test stops above 4 x")
+assert last > 4 * lowest
 
 # %%
 fig = viz.lr_range_figure(sweep, {"0.001 (source)": 1e-3, "suggested": sweep["suggested_lr"], "10": 10.0})
@@ -225,7 +265,8 @@ print(f"smoothed loss: start {smoothed[0]:.2f}, at lr 0.001 {at_source:.2f}, low
 assert abs(at_source - smoothed[0]) < 0.1 * smoothed[0] and falling_from > 1e-3 and lr[-1] < 10
 
 # %% [markdown]
-# Read it from left to right: flat, then falling, then (where the test stopped) exploding. The source's 0.001
+# Read it from left to right: flat, then falling, then (where the test stopped) exploding: its last smoothed
+# loss is more than 4 times its lowest (printed above). The source's 0.001
 # lies where the curve is still flat: one batch per rate is far too little for 0.001 to move the loss, while the
 # training above took every batch of several epochs to get there. The test says which rates change the loss
 # *fast*; the rule of thumb picks a tenth of the rate at the lowest point (printed above). Lr 10 lies right of
@@ -281,10 +322,13 @@ def constant_prediction_loss(masks):
 # %% tags=["exercise-check"]
 quarter = torch.zeros(1, 1, 4, 4)
 quarter[..., :2, :2] = 1                           # a quarter of the pixels: p = 0.25 everywhere
-by_hand = -(0.25 * np.log(0.25) + 0.75 * np.log(0.75)) + 1 - (2 * 1 + 1) / (4 + 4 + 1)   # BCE + (1 - Dice)
+bce_by_hand = -(0.25 * np.log(0.25) + 0.75 * np.log(0.75))
+by_hand = bce_by_hand + 1 - (2 * 1 + 1) / (4 + 4 + 1)       # + 1 - soft Dice with eps = 1 (losses.dice_loss)
 assert abs(constant_prediction_loss(quarter) - by_hand) < 1e-5
-assert abs(constant_prediction_loss(masks[val_idx]) - constant_loss) < 0.01
-print(f"hand-worked case {by_hand:.4f}: right; validation crops {constant_prediction_loss(masks[val_idx]):.2f}")
+at_once = constant_prediction_loss(masks[val_idx])   # all crops at once, at their own foreground fraction
+assert abs(at_once - constant_loss) < 0.01
+print(f"hand-worked case {by_hand:.4f}: right; validation crops at once {at_once:.3f} "
+      f"(the batch-averaged level {constant_loss:.3f})")
 
 # %% jupyter={"outputs_hidden": true, "source_hidden": true} tags=["solution", "hide-cell"]
 below_half = [epoch + 1 for epoch, loss in enumerate(learns["val_loss"]) if loss < constant_loss / 2]
@@ -294,3 +338,5 @@ print(f"first epoch below half the constant loss ({constant_loss / 2:.2f}):", be
 prob_10 = predict.predict_batch(runs["lr 10"][0], inputs["percentiles"][val_idx])
 print(f"lr 10: pixels marked nucleus {np.mean(prob_10 >= 0.5):.1%}, probabilities from {prob_10.min():.3f} "
       f"to {prob_10.max():.3f}")
+best_epoch = int(np.argmin(history["val_loss"]))             # fit returns the weights of this epoch
+print(f"(the weights of epoch {best_epoch + 1}, validation loss {history['val_loss'][best_epoch]:.2f})")
