@@ -16,8 +16,6 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-FINE_TUNING_LR = 1e-4  # train --init: a tenth of the from-scratch rate, so a few epochs adapt rather than overwrite
-
 
 def _command_line(argv: Sequence[str] | None) -> str:
     words = list(sys.argv[1:] if argv is None else argv)
@@ -72,9 +70,8 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     from nucleilib import train
     from nucleilib.checkpoint import last_checkpoint_path
     # The preset's settings; the options given on the command line (not None) override them.
-    lr = args.lr if args.lr is not None else (FINE_TUNING_LR if args.init else None)
     settings = train.TrainSettings.from_preset(
-        args.preset, epochs=args.epochs, lr=lr, seed=args.seed, max_minutes=args.max_minutes, base=args.base,
+        args.preset, epochs=args.epochs, lr=args.lr, seed=args.seed, max_minutes=args.max_minutes, base=args.base,
         depth=args.depth, batch_size=args.batch_size, compile=args.compile,
     )
     settings = dataclasses.replace(settings, early_stopping=args.early_stopping or None)  # 0: never stop early
@@ -187,8 +184,8 @@ def _train_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--data", required=True, nargs="+", help="training .npz file(s)")
     train.add_argument("--out", required=True, help="checkpoint to write (.pt)")
     train.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: from the preset)")
-    train.add_argument("--lr", type=float, default=None,
-                       help=f"Adam learning rate (default 0.001; {FINE_TUNING_LR} with --init)")
+    train.add_argument("--lr", type=float, default=1e-3,
+                       help="Adam learning rate (default 0.001, also for --init: chapter 09 measures why)")
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     train.add_argument("--preset", choices=["fast", "default", "full"], default="default",
                        help="fast: minutes on a laptop CPU; full: the source project's 300-epoch run")

@@ -110,13 +110,6 @@ def test_train_init_starts_from_the_given_weights_and_records_them(tiny_model, s
     assert tuned["provenance"]["initialized_from"]["sha256"] == data_sha256(tiny_model)
 
 
-def test_train_init_lowers_the_default_learning_rate(tiny_model, small_set, tmp_path):
-    out = tmp_path / "tuned.pt"
-    assert cli.main(["train", "--data", str(small_set), "--out", str(out), "--init", str(tiny_model), "--epochs", "1",
-                     "--preset", "fast"]) == 0
-    assert torch.load(out, weights_only=True)["provenance"]["lr"] == cli.FINE_TUNING_LR
-
-
 def test_train_interrupted_exits_130_and_names_the_checkpoint_to_resume(small_set, tmp_path, monkeypatch, capsys):
     from nucleilib import train
 
