@@ -164,8 +164,8 @@ assert learns["val_loss"][-1] < 0.8 * constant_loss and learns["val_dice"][-1] >
 #
 # Divided by 65535, the images use a sliver of [0, 1]. The ranges printed where the two inputs were made: the
 # largest value is 0.06 (a 12-bit camera reaches 4095 of 65535), and the median crop's maximum is about 0.004
-# (255 / 65535 = 0.0039 is the 8-bit camera's limit). In half the crops, nucleus and background differ by about
-# 0.004 or less. Within these epochs, at lr 0.001, the network does not learn to find nuclei in such inputs.
+# (255 / 65535 = 0.0039 is the 8-bit camera's limit), so in a crop from the 8-bit camera nucleus and background
+# differ by 0.0039 at most. Within these epochs, at lr 0.001, the network does not learn to find nuclei in such inputs.
 # What it predicts instead, on the validation crops:
 
 # %%
