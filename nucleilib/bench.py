@@ -1,5 +1,5 @@
 """The ``bench`` command: matmul peak, training and inference speed of PyTorch's plain defaults against the
-project's, and the time to a validation Dice of 0.9. The figures of one run on one machine are meant to be
+project's, the time to a validation Dice of 0.9, and the whole ``count`` pipeline per megapixel. The figures of one run on one machine are meant to be
 compared with each other, as ratios; each is the median of several repeats after a warm-up.
 """
 
@@ -115,7 +115,7 @@ def inference_step(default: bool, base: int = 8, depth: int = 4, batch: int = 16
     """One batch of probabilities as a callable, the project's ``predict.predict_batch`` or (``default`` False) naive.
 
     Naive: ``torch.no_grad``, contiguous, the model as trained. The predictor folds batch norm and uses
-    channels_last and ``torch.inference_mode``. Returns ``(step, info)`` with ``images`` and ``flops`` per call.
+    channels_last, ``torch.inference_mode`` and ``count``'s default precision (bfloat16 where the CPU has it). Returns ``(step, info)`` with ``images`` and ``flops`` per call.
 
     Examples
     --------
@@ -133,7 +133,7 @@ def inference_step(default: bool, base: int = 8, depth: int = 4, batch: int = 16
             probabilities_from_logits(model(images)).numpy()
 
     def default_step() -> None:
-        predict_batch(model, images, batch_size=batch)
+        predict_batch(model, images, batch_size=batch, precision="auto")
 
     return (default_step if default else naive), {"images": batch, "flops": flops}
 
@@ -163,6 +163,67 @@ def time_to_dice(target: float = 0.9, n_images: int = 400, seed: int = 0, max_ep
     elapsed = np.cumsum(history["seconds"]) + preparation
     reached = [t for t, dice in zip(elapsed, history["val_dice"]) if dice >= target]
     return float(reached[0]) if reached else float("inf")
+
+
+COUNT_STAGES = ("read", "normalize", "network", "post-processing", "write")
+
+
+def _stage_seconds(paths: list[Path], model: torch.nn.Module, info: dict, precision: str) -> dict[str, float]:
+    """Seconds of each of ``count``'s stages over the images at ``paths``, one stage timed at a time."""
+    import cv2
+    import tifffile
+    from nucleilib.count import labels_from_probabilities, overlay
+    from nucleilib.io import read_image
+    seconds = dict.fromkeys(COUNT_STAGES, 0.0)
+
+    def timed(stage: str, work: Callable[[], object]) -> object:
+        started = time.perf_counter()
+        result = work()
+        seconds[stage] += time.perf_counter() - started
+        return result
+
+    levels = {key: float(info["normalization"][key]) for key in ("low", "high")}
+    for path in paths:
+        image = timed("read", lambda: read_image(path))
+        pixels = timed("normalize", lambda: data.normalize_image(image, **levels).astype(np.float32))
+        prob = timed("network", lambda: probabilities(model, pixels, normalize=False, precision=precision))
+        labels = timed("post-processing", lambda: labels_from_probabilities(prob))
+        gray = np.round(pixels * 255).astype(np.uint8)
+        timed("write", lambda: (tifffile.imwrite(Path(path).with_suffix(".labels.tif"), labels.astype(np.uint16),
+                                                 compression="zlib"), cv2.imencode(".png", overlay(gray, labels))))
+    return seconds
+
+
+def count_speed(n_images: int = 8, shape: tuple[int, int] = (520, 696), precision: str = "auto") -> dict[str, float]:
+    """``count``'s speed with the shipped model on synthetic fields of BBBC039's size, in seconds per megapixel.
+
+    ``count_s_per_megapixel``: the whole command (:func:`nucleilib.evaluate.count_files`) on ``n_images`` TIFFs in
+    a temporary folder. ``count_share_<stage>``: each stage's share of the same work timed stage by stage (read,
+    normalize, network, post-processing = threshold, split and label, write = labels TIFF and overlay PNG).
+
+    Examples
+    --------
+    >>> figures = count_speed(n_images=1, shape=(48, 64))
+    >>> round(sum(value for key, value in figures.items() if key.startswith("count_share_")), 6)
+    1.0
+    """
+    import tempfile
+    import tifffile
+    from nucleilib.checkpoint import load_model
+    from nucleilib.evaluate import count_files
+    made = synth.make_dataset(n=n_images, size=max(shape), seed=5)["images"][:, : shape[0], : shape[1]]
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [Path(folder) / f"field_{i}.tif" for i in range(n_images)]
+        for path, image in zip(paths, made):
+            tifffile.imwrite(path, image)
+        started = time.perf_counter()
+        count_files(paths, Path(folder) / "out", progress=False, precision=precision)
+        whole = time.perf_counter() - started
+        stages = _stage_seconds(paths, *load_model(), precision)
+    figures = {"count_s_per_megapixel": whole / (n_images * shape[0] * shape[1] / 1e6)}
+    figures.update({f"count_share_{stage.replace('-', '')}": value / sum(stages.values())
+                    for stage, value in stages.items()})
+    return figures
 
 
 def machine() -> dict[str, object]:
@@ -237,6 +298,8 @@ def run_all(quick: bool = False, progress: bool = True) -> dict[str, object]:
                    infer_fraction_of_matmul_peak=info["flops"] / seconds["default"] / 1e9 / peak)
     say("one 1024 x 1024 image")
     results["infer_1024_s"] = _one_large_image(quick)
+    say("count: the whole pipeline per megapixel, and its stages")
+    results.update(count_speed(n_images=1, shape=(48, 64)) if quick else count_speed())
     say("time to validation Dice 0.9 from scratch")
     results["time_to_dice90_s"] = time_to_dice(0.0 if quick else 0.9, n_images=20 if quick else 400,
                                                max_epochs=1 if quick else 15)

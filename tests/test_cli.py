@@ -231,3 +231,6 @@ def test_bench_quick_prints_every_named_figure(capsys):
     assert results["machine"]["cpus"] >= 1 and results["machine"]["torch"] == torch.__version__
     assert results["train_compiled"] == (results["train_compile_s"] is not None)
     assert results["train_images_per_s"] > 0 and results["infer_images_per_s"] > 0
+    shares = [results[f"count_share_{stage}"] for stage in ("read", "normalize", "network", "postprocessing", "write")]
+    assert results["count_s_per_megapixel"] > 0 and all(share > 0 for share in shares)
+    assert sum(shares) == pytest.approx(1.0, abs=1e-3)

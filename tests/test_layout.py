@@ -31,6 +31,7 @@ FEATURE_LINES = {
     "train --resume and --init (issues 14, 15)": 40,
     "export: the model as ONNX (issue 15)": 100,
     "--precision: bfloat16 inference where it is native (issue 16)": 45,
+    "bench: count's seconds per megapixel and the share of each stage (issue 16)": 60,
 }
 MAX_LIBRARY_LINES = LAYOUT_ISSUE_LINES + sum(FEATURE_LINES.values())
 MAX_MODULE_LINES = 600
