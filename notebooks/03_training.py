@@ -130,7 +130,7 @@ for smooth in (0.0, 1.0):
 # %% [markdown]
 # Why smooth at all? An image without nuclei, and a network that rightly predicts none (logits -20, so p is tiny
 # but not zero): without smoothing the overlap is 0 and the loss is the worst possible, 1; with `s = 1` it is 0.
-# On a batch of 128x128 images the smoothing changes the loss very little (exercise 2).
+# How much it changes the loss on a batch of 128x128 images is exercise 2.
 
 # %% tags=["nbval-check-output"]
 empty, nothing = torch.zeros_like(target), torch.full_like(target, -20.0)
@@ -270,9 +270,9 @@ def train_bare(net, train_pair, val_pair, epochs, batch_size, patience, seed=0):
 
 # %% [markdown]
 # The run: the two-output U-Net of chapter 02 (base 8, depth 4, seeded), the preset's number of epochs, batches
-# of 4 images (120 optimizer steps per epoch on the default preset's 480 training images), and patience 0: the
-# learning rate is halved after any epoch without a new lowest validation loss (`fit`'s default is 3). Small
-# batches and no patience, so that 12 epochs are enough for the loss to level off and for the scheduler to act.
+# of 4 images (the steps per epoch are printed), and patience 0: the learning rate is halved after any epoch
+# without a new lowest validation loss (`fit`'s default is printed too). Small batches and no patience, so that
+# within the preset's epochs the loss's fall slows down and the scheduler acts.
 
 # %%
 import time
@@ -282,6 +282,8 @@ train_pair = torch.from_numpy(images[train_idx]), torch.from_numpy(targets[train
 val_pair = torch.from_numpy(images[val_idx]), torch.from_numpy(targets[val_idx])
 torch.manual_seed(0)
 net = model.UNet(in_channels=1, out_channels=2, base=8, depth=4)
+print(f"{math.ceil(len(train_idx) / BATCH_SIZE)} steps per epoch; fit's default patience "
+      f"{train.TrainSettings().plateau_patience}")
 started = time.perf_counter()
 history = train_bare(net, train_pair, val_pair, settings["epochs"], BATCH_SIZE, PATIENCE)
 print(f"{model.count_parameters(net):,} parameters, {len(history['lr'])} epochs, {time.perf_counter() - started:.0f} s")
@@ -438,7 +440,7 @@ print(info["config"], info["heads"], info["normalization"], len(info["history"][
 # ## Against the shipped model
 #
 # The shipped model (`nucleilib/nuclei_unet.pt`) has the same two outputs and was made by the project's own `train`
-# command, which calls `fit`, on synthetic and real images, for longer (its command is printed below). Both on the
+# command, which calls `fit`, on synthetic and real images (its command and epochs are printed below). Both on the
 # 16 unseen synthetic test images of the first cell: pixel scores of the nucleus output, and the mean error of
 # counting the blobs of each output per image:
 
@@ -451,7 +453,7 @@ for name, candidate in [("this chapter", net), ("shipped", shipped)]:
               for channel in (0, 1)]
     print(f"{name:>13}: Dice {scores['dice']:.3f}, IoU {scores['iou']:.3f}; mean |count error| from the blobs of "
           f"P(nucleus) {errors[0]:.2f}, of P(interior) {errors[1]:.2f}")
-print(shipped_info["provenance"]["command"])
+print(shipped_info["provenance"]["command"], "->", shipped_info["provenance"]["metrics"]["epochs_run"], "epochs")
 
 # %% [markdown]
 # ## The source's 300 epochs
@@ -495,7 +497,9 @@ print(f"{n_long} images, the data and split of this chapter's preset(s):",
       [name for name, table in PRESETS.items() if table["chapters"]["n_images"] == n_long])
 
 # %% [markdown]
-# It differs from our loop in its batch size and plateau patience (printed above). With another batch size it
+# It differs from our loop in its data (the 200 images printed above, not the default preset's 600), its batch
+# size and plateau patience, no early stopping (`--early-stopping 0`) and compiled training (all printed above).
+# With another batch size it
 # takes another number of optimizer steps per epoch; the epoch of the long run at which it has taken as many
 # steps as our loop:
 
@@ -538,23 +542,25 @@ assert min(lr) < lr[0], "the long run never lowered its learning rate"
 
 # %% [markdown]
 # The learning rate was halved again and again from epoch 82 on, then stayed at its last value (printed above):
-# `ReduceLROnPlateau` skips a step that would change the rate by less than its `eps` (1e-8 by default). What moved
-# after that, printed below: Adam changes each weight by about the learning rate per step at most (its step is
-# the rate times a ratio of gradient averages near ±1), and the validation loss.
+# `ReduceLROnPlateau` skips a step that would change the rate by less than its `eps` (its default is printed
+# below). What moved after that, printed below: Adam changes each weight by something of the order of the
+# learning rate per step (its step is the rate times a ratio of gradient averages, near ±1 for steady gradients),
+# and the validation loss.
 
 # %%
 last_drop = max(epoch + 1 for epoch in range(1, long_epochs) if lr[epoch] < lr[epoch - 1])
 steps_after = (long_epochs - last_drop + 1) * long_steps
 after = np.array(long_history["val_loss"][last_drop - 1 :])
-print(f"epochs {last_drop}-{long_epochs}: lr {lr[-1]:.1e}, {steps_after} steps, so each weight moved by about "
-      f"{steps_after * lr[-1]:.0e} at most")
+print("ReduceLROnPlateau's eps:", torch.optim.lr_scheduler.ReduceLROnPlateau(probe_optimizer).eps)
+print(f"epochs {last_drop}-{long_epochs}: lr {lr[-1]:.1e}, {steps_after} steps, so each weight moved by something "
+      f"of the order of {steps_after * lr[-1]:.0e}")
 print(f"validation loss over those epochs: {after.min():.4f} to {after.max():.4f}")
 
 # %% [markdown]
-# The weights stood still, yet the validation loss still wandered: in training mode every batch also updates
-# BatchNorm's running means and variances (chapter 02), which follow the augmented batches whatever the learning
-# rate. The epoch kept for its lowest validation loss (printed above) lies in this stretch: it is the lowest point
-# of that wandering, not a better-trained network.
+# The weights stood nearly still, yet the validation loss still wandered. The likely cause (not measured here): in
+# training mode every batch also updates BatchNorm's running means and variances (chapter 02), which follow the
+# augmented batches whatever the learning rate. The epoch kept for its lowest validation loss (printed above) lies
+# in this stretch: it is the lowest point of that wandering, not a better-trained network.
 #
 # The gains, epoch against epoch: from this chapter's epoch count to the epoch with as many steps as our loop, and
 # from there to the end of the run.
@@ -573,9 +579,10 @@ print("seconds of epochs 174-183:", np.round(long_history["seconds"][173:183], 1
 
 # %% [markdown]
 # The first line is what the long run's epochs bought up to the number of optimizer steps our loop took; the
-# second, what the rest of its epochs bought on top, and in how many hours. Read the hours as rough: the run was
-# stopped after epoch 178, while it shared the 2-core CPU with other jobs, and resumed alone; the last line above
-# shows the epoch times falling from 10-17 s to about 1 s there (epoch 179 also compiled the model).
+# second, what the rest of its epochs bought on top, and in how many hours. Read the hours as rough: the last line
+# above shows the epoch times falling from 10-17 s to about 1 s at epoch 179. By the notes of the person who ran
+# it (the history records neither), the run was stopped there while it shared the 2-core CPU with other jobs, and
+# resumed alone.
 
 # %% [markdown]
 # ## In this chapter we
