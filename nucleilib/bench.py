@@ -170,9 +170,8 @@ COUNT_STAGES = ("read", "normalize", "network", "post-processing", "write")
 
 def _stage_seconds(paths: list[Path], model: torch.nn.Module, info: dict, precision: str) -> dict[str, float]:
     """Seconds of each of ``count``'s stages over the images at ``paths``, one stage timed at a time."""
-    import cv2
-    import tifffile
-    from nucleilib.count import labels_from_probabilities, overlay
+    from nucleilib.count import labels_from_probabilities
+    from nucleilib.evaluate import write_outputs
     from nucleilib.io import read_image
     seconds = dict.fromkeys(COUNT_STAGES, 0.0)
 
@@ -188,9 +187,7 @@ def _stage_seconds(paths: list[Path], model: torch.nn.Module, info: dict, precis
         pixels = timed("normalize", lambda: data.normalize_image(image, **levels).astype(np.float32))
         prob = timed("network", lambda: probabilities(model, pixels, normalize=False, precision=precision))
         labels = timed("post-processing", lambda: labels_from_probabilities(prob))
-        gray = np.round(pixels * 255).astype(np.uint8)
-        timed("write", lambda: (tifffile.imwrite(Path(path).with_suffix(".labels.tif"), labels.astype(np.uint16),
-                                                 compression="zlib"), cv2.imencode(".png", overlay(gray, labels))))
+        timed("write", lambda: write_outputs(Path(f"{path}_labels.tif"), image, labels))
     return seconds
 
 

@@ -175,8 +175,8 @@ def evaluate_path(path: str | os.PathLike, model_path: str | os.PathLike | None 
     """Metrics of a model (or the baseline) on annotated data: the ``evaluate`` command.
 
     ``path``, ``layout`` and ``subset`` (the split part) are read by :func:`read_annotated`; ``model_path``,
-    ``method``, ``settings`` and ``precision`` make the :func:`segmenter`. Returns ``data``, ``method`` and ``threshold``, then the
-    scores of :func:`evaluate_samples`.
+    ``method``, ``settings`` and ``precision`` make the :func:`segmenter`. Returns ``data``, ``method`` and
+    ``threshold``, then the scores of :func:`evaluate_samples`.
 
     Examples
     --------
@@ -276,12 +276,26 @@ def _overlay_name(labels_name: str) -> str:
 
 def _count_one(file: str, labels_path: Path, segment: Callable[[np.ndarray], np.ndarray], channel: int | None) -> int:
     """Count one image file and write its labels and overlay; any failure raises."""
-    import cv2
-    import tifffile
     image = read_image(file, channel=channel)
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         raise ValueError(f"{file}: contains NaN or infinite pixel values")
     labels = segment(image)
+    write_outputs(labels_path, image, labels)
+    return int(labels.max())
+
+
+def write_outputs(labels_path: str | os.PathLike, image: np.ndarray, labels: np.ndarray) -> None:
+    """What ``count`` writes for one image: ``labels`` as a TIFF at ``labels_path`` and, beside it, the overlay PNG
+    (the image stretched to 8 bits, nuclei outlined); each written atomically.
+
+    Examples
+    --------
+    >>> import tempfile, tifffile
+    >>> labels = np.zeros((8, 8), np.int32); labels[2:5, 2:5] = 1
+    >>> write_outputs(Path(tempfile.mkdtemp()) / "a.tif_labels.tif", labels * 100, labels)
+    """
+    import cv2
+    import tifffile
     with atomic_path(labels_path) as tmp:  # more than 65535 nuclei need 32 bits
         tifffile.imwrite(tmp, labels.astype(np.uint16 if labels.max() < 2**16 else np.uint32), compression="zlib")
     gray = np.round(normalize_image(image) * 255).astype(np.uint8)
@@ -289,7 +303,6 @@ def _count_one(file: str, labels_path: Path, segment: Callable[[np.ndarray], np.
     if not ok:
         raise RuntimeError("cannot encode the overlay PNG")
     atomic_write_bytes(_overlay_name(str(labels_path)), png.tobytes())
-    return int(labels.max())
 
 
 def count_files(paths: Iterable[str | os.PathLike], out: str | os.PathLike,
@@ -300,12 +313,11 @@ def count_files(paths: Iterable[str | os.PathLike], out: str | os.PathLike,
 
     The images (TIFF, PNG, JPEG; 8/16-bit; gray, or colour with the nuclei in ``channel``, see
     :func:`nucleilib.io.read_image`) go through the :func:`segmenter` of ``model_path``, ``settings`` and
-    ``precision``. Outputs
-    are named by the path relative to the inputs' common folder (``d1/x.tif`` -> ``d1/x.tif_labels.tif``,
-    ``d1/x.tif_overlay.png``: the 8-bit image with the nuclei outlined) and written atomically. ``counts.csv`` gets
-    a row per image as soon as it is done (``file`` as given, ``count``, ``status`` ``ok`` or ``failed: reason``,
-    ``labels``, absolute ``source``). Rerun into ``out``, images counted with the same model, settings and channel
-    and precision (``count_run.json``) are skipped, failed ones retried; another run's counts there are a ValueError unless
+    ``precision``. Outputs are named by the path relative to the inputs' common folder (``d1/x.tif`` ->
+    ``d1/x.tif_labels.tif``, ``d1/x.tif_overlay.png``: :func:`write_outputs`). ``counts.csv`` gets a row per image
+    as soon as it is done (``file`` as given, ``count``, ``status`` ``ok`` or ``failed: reason``, ``labels``,
+    absolute ``source``). Rerun into ``out``, images counted with the same model, settings, channel and precision
+    (``count_run.json``) are skipped, failed ones retried; another run's counts there are a ValueError unless
     ``overwrite`` (which removes them), and so is a second run while one holds the folder. One image's failure is
     recorded and the others go on. Returns ``counted``, ``skipped`` and ``failures`` (a line each, naming the file).
 

@@ -478,9 +478,8 @@ def train_from_npz(data_path: str | Path | Sequence[str | Path], out: str | Path
             raise ValueError(f"{paths[0]}: too few images ({len(images)}) to split into training and validation")
 
         torch.manual_seed(settings.seed)
-        model = UNet(in_channels=1, out_channels=len(heads), base=settings.base, depth=settings.depth)
-        if init is not None:
-            model.load_state_dict(start.state_dict())
+        model = start if init is not None else UNet(in_channels=1, out_channels=len(heads), base=settings.base,
+                                                    depth=settings.depth)
         provenance = {
             "command": command or f"train_from_npz({[str(p) for p in paths]!r}, {str(out)!r}, {settings!r})",
             **asdict(settings), "data": described, "data_description": data_description or "",
